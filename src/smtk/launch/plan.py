@@ -1,0 +1,44 @@
+"""``LaunchPlan``: what will run on this host, as a pure, comparable value.
+
+Plan builders (plain process, torchrun, MPI) turn an :class:`~smtk.environment.Environment`
+into a ``LaunchPlan``; :mod:`smtk.launch.process` is the only code that starts it.
+Because plans are frozen dataclasses, launchers are tested by comparing plans and
+``smtk plan`` prints one without running anything.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+LauncherKind = Literal["process", "torchrun", "mpi", "mpi-worker", "function"]
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """One command to run on this host, and how."""
+
+    #: Which launcher produced the plan.
+    kind: LauncherKind
+    #: The command, never run through a shell.
+    argv: tuple[str, ...]
+    #: Variables added to (or overriding) the inherited environment of the child.
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: Working directory of the child.
+    cwd: str = "."
+    #: Hosts taking part in this launch (this host alone for a plain process).
+    hosts: tuple[str, ...] = ()
+    #: Processes started per host (1 for a plain process).
+    processes_per_host: int = 1
+    #: Label used in log prefixes (``host`` or ``host:rank``) when not derivable from lines.
+    log_prefix: str = ""
+    #: Whether lines carry rank tags that the log streamer should turn into ``host:rank``.
+    rank_tagged_output: bool = False
+    #: Human-readable notes for ``smtk plan`` (why this launcher, what was waited for).
+    notes: tuple[str, ...] = ()
+
+    def display(self) -> str:
+        """The command as a shell-quoted string, for display only."""
+        return shlex.join(self.argv)
