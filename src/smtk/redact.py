@@ -15,7 +15,9 @@ from typing import Any
 
 MASK = "****"
 
-_SECRET_NAME = re.compile(r"(pass(word|wd)?|secret|token|(^|[_-])key($|[_-])|apikey|api_key|credential|auth)", re.I)
+_SECRET_NAME = re.compile(
+    r"(pass(word|wd)?|secret|token|(^|[_-])key($|[_-])|apikey|api_key|credential|auth)", re.I
+)
 # Names that contain "key" but are not secrets.
 _NOT_SECRET = re.compile(r"^(SM_HP_)?(keyword|keys?_?(path|file|name|id)?|monkey)$", re.I)
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<cred>[^/@\s:]+(:[^/@\s]*)?)@")

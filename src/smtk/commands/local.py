@@ -1,0 +1,141 @@
+"""``smtk local``: run a training job on this machine, as the platform would.
+
+::
+
+    smtk local --source-dir examples/quickstart --entry-point train.py \\
+        --channel train=examples/quickstart/data --hyperparameter epochs=20
+    smtk local --spec job.json [--instance-count 2] [--image my-image]
+
+It lays out one ``/opt/ml`` tree per host under ``--job-dir`` (default
+``smtk-jobs/<job-name>``), runs ``train`` for each host, streams the logs and prints
+where ``model/``, ``output/data`` and the failure reason are. Its exit status is the
+job's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from smtk import log
+from smtk.errors import SmtkError
+
+DESCRIPTION = __doc__
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--spec", metavar="FILE", help="a CreateTrainingJob-shaped JSON job spec")
+    parser.add_argument("--source-dir", metavar="DIR", help="the directory holding the training code")
+    parser.add_argument(
+        "--entry-point", metavar="FILE", help="the script (or module) to run, inside --source-dir"
+    )
+    parser.add_argument(
+        "-H",
+        "--hyperparameter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a hyperparameter; JSON values (3, 0.1, true, [1,2]) keep their type (repeatable)",
+    )
+    parser.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        metavar="NAME=PATH[:MODE]",
+        help="a data channel from a local path or s3:// prefix; MODE is File (default), FastFile or Pipe",
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="job environment variable"
+    )
+    parser.add_argument(
+        "--instance-type", help="instance type recorded in resourceconfig.json (default: local)"
+    )
+    parser.add_argument("--instance-count", type=int, help="number of hosts (algo-1 ... algo-N)")
+    parser.add_argument("--job-name", help="training job name (TRAINING_JOB_NAME)")
+    parser.add_argument("--job-dir", metavar="DIR", help="where the hosts' /opt/ml trees go")
+    parser.add_argument(
+        "--max-run", type=float, metavar="SECONDS", help="stop the job with SIGTERM after this"
+    )
+    parser.add_argument("--image", help="run `IMAGE train` in a container (podman or docker)")
+    parser.add_argument("--checkpoint-s3", metavar="URI", help="sync /opt/ml/checkpoints with this S3 prefix")
+    parser.add_argument("--output-s3", metavar="URI", help="sync output/intermediate to this S3 prefix")
+    parser.add_argument(
+        "--pipe-epochs", type=int, metavar="N", help="feed Pipe channels for N epochs (default: all)"
+    )
+
+
+def _build_spec(args: argparse.Namespace) -> object:
+    from smtk.errors import ConfigError
+    from smtk.local.spec import (
+        JobSpec,
+        encode_hyperparameter,
+        load_spec,
+        parse_channel_flag,
+        parse_pairs,
+        with_overrides,
+    )
+
+    spec = load_spec(args.spec) if args.spec else None
+    hyperparameters = {
+        k: encode_hyperparameter(v) for k, v in parse_pairs(args.hyperparameter, "--hyperparameter").items()
+    }
+    channels = tuple(parse_channel_flag(c) for c in args.channel)
+    if spec is None:
+        if not args.entry_point:
+            raise ConfigError("smtk local", "--entry-point", "a script to run (or --spec FILE)", "<nothing>")
+        name = args.job_name or _default_job_name(args.entry_point)
+        spec = JobSpec(job_name=name)
+    merged_hps = {**spec.hyperparameters, **hyperparameters}
+    by_name = {c.name: c for c in spec.channels}
+    by_name.update({c.name: c for c in channels})
+    environment = {**spec.environment, **parse_pairs(args.env, "--env")}
+    if args.instance_count is not None and not 1 <= args.instance_count <= 64:
+        raise ConfigError("smtk local", "--instance-count", "an integer from 1 to 64", args.instance_count)
+    return with_overrides(
+        spec,
+        job_name=args.job_name,
+        source_dir=os.path.abspath(args.source_dir) if args.source_dir else None,
+        entry_point=args.entry_point,
+        hyperparameters=merged_hps,
+        channels=tuple(by_name.values()),
+        environment=environment,
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+        max_runtime=args.max_run,
+        image=args.image,
+        checkpoint_s3=args.checkpoint_s3,
+        output_s3=args.output_s3,
+    )
+
+
+def _default_job_name(entry_point: str) -> str:
+    import re
+
+    stem = (
+        re.sub(r"[^A-Za-z0-9]+", "-", os.path.splitext(os.path.basename(entry_point))[0]).strip("-") or "job"
+    )
+    return stem[:40]
+
+
+def run(args: argparse.Namespace) -> int:
+    from smtk.launch.process import StopController
+    from smtk.local.runner import run_job
+    from smtk.local.spec import JobSpec
+
+    log.configure()
+    stop = StopController().install()
+    try:
+        spec = _build_spec(args)
+        assert isinstance(spec, JobSpec)
+        job_dir = args.job_dir or os.path.join(
+            "smtk-jobs", f"{spec.job_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        return run_job(spec, job_dir, stop=stop, pipe_epochs=args.pipe_epochs)
+    except SmtkError as exc:
+        print(f"smtk local: {exc}", file=sys.stderr)
+        return exc.exit_status
+    finally:
+        stop.restore()

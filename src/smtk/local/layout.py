@@ -1,0 +1,224 @@
+"""Laying out one ``/opt/ml`` tree per host for ``smtk local``.
+
+::
+
+    <job-dir>/
+    ├── .smtk-local-job          marks the directory as ours (safe to clean on reuse)
+    ├── algo-1/                  SAGEMAKER_BASE_DIR of host algo-1
+    │   ├── input/config/        hyperparameters.json, inputdataconfig.json,
+    │   │                        resourceconfig.json[, checkpointconfig.json]
+    │   ├── input/data/<channel> File: a link to the data (or a shard of it); Pipe: FIFOs
+    │   ├── code/ model/ output/ checkpoints/
+    └── algo-2/ ...
+
+Hyperparameters are stored JSON-encoded as the SageMaker SDK stores them, and the
+code is passed as ``sagemaker_submit_directory`` so ``train`` fetches it exactly as on
+the platform. S3 data sources are downloaded (sharded by key when asked).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from smtk.errors import ConfigError
+from smtk.local.spec import ChannelSpec, JobSpec
+
+logger = logging.getLogger("smtk")
+
+MARKER = ".smtk-local-job"
+GROUP = "homogeneousCluster"
+
+
+@dataclass(frozen=True)
+class HostTree:
+    host: str
+    root: str
+    index: int
+
+
+def host_names(count: int) -> list[str]:
+    return [f"algo-{i}" for i in range(1, count + 1)]
+
+
+def prepare_job_dir(job_dir: str) -> None:
+    """Create ``job_dir``; reuse it only if it is empty or an earlier ``smtk local`` job."""
+    if os.path.isdir(job_dir) and os.listdir(job_dir):
+        if not os.path.exists(os.path.join(job_dir, MARKER)):
+            raise ConfigError(
+                "--job-dir",
+                None,
+                "an empty directory or one made by an earlier smtk local run",
+                f"<{job_dir} holds other files>",
+            )
+        for entry in os.listdir(job_dir):
+            path = os.path.join(job_dir, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+    os.makedirs(job_dir, exist_ok=True)
+    with open(os.path.join(job_dir, MARKER), "w", encoding="utf-8") as handle:
+        handle.write("made by smtk local; the whole directory is recreated on reuse\n")
+
+
+def lay_out(
+    spec: JobSpec, job_dir: str, environ: Mapping[str, str], *, container: bool = False
+) -> list[HostTree]:
+    """Write every host's tree under ``job_dir`` and return them, master first.
+
+    With ``container``, paths of this machine mean nothing inside the image: local
+    channels become empty mount points and the code is expected in ``code/``.
+    """
+    prepare_job_dir(job_dir)
+    hosts = host_names(spec.instance_count)
+    trees = []
+    for index, host in enumerate(hosts):
+        root = os.path.join(os.path.abspath(job_dir), host)
+        _write_tree(spec, root, host, index, hosts, environ, container)
+        trees.append(HostTree(host=host, root=root, index=index))
+    return trees
+
+
+def _write_tree(
+    spec: JobSpec,
+    root: str,
+    host: str,
+    index: int,
+    hosts: list[str],
+    environ: Mapping[str, str],
+    container: bool,
+) -> None:
+    config_dir = os.path.join(root, "input", "config")
+    for sub in ("input/config", "input/data", "code", "model", "output/data", "checkpoints"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    _dump(os.path.join(config_dir, "hyperparameters.json"), _hyperparameters(spec, environ, container))
+    _dump(os.path.join(config_dir, "inputdataconfig.json"), _input_data_config(spec))
+    _dump(
+        os.path.join(config_dir, "resourceconfig.json"),
+        {
+            "current_host": host,
+            "current_instance_type": spec.instance_type,
+            "current_group_name": GROUP,
+            "hosts": hosts,
+            "instance_groups": [
+                {"instance_group_name": GROUP, "instance_type": spec.instance_type, "hosts": hosts}
+            ],
+            "network_interface_name": "eth0",
+        },
+    )
+    if spec.checkpoint_s3 or spec.checkpoint_local:
+        local = spec.checkpoint_local or "/opt/ml/checkpoints"
+        if local == "/opt/ml" or local.startswith("/opt/ml/"):
+            local = os.path.join(root, os.path.relpath(local, "/opt/ml"))
+        checkpoint: dict[str, str] = {"LocalPath": local}
+        if spec.checkpoint_s3:
+            checkpoint["S3Uri"] = spec.checkpoint_s3
+        _dump(os.path.join(config_dir, "checkpointconfig.json"), checkpoint)
+    for channel in spec.channels:
+        if container and not channel.source.startswith("s3://"):
+            os.makedirs(os.path.join(root, "input", "data", channel.name), exist_ok=True)
+        elif channel.input_mode != "Pipe":
+            _place_channel(
+                channel, os.path.join(root, "input", "data", channel.name), index, len(hosts), environ
+            )
+
+
+def _dump(path: str, value: object) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def _hyperparameters(spec: JobSpec, environ: Mapping[str, str], container: bool) -> dict[str, str]:
+    values = dict(spec.hyperparameters)
+    if spec.entry_point:
+        values["sagemaker_program"] = json.dumps(spec.entry_point)
+    if spec.source_dir and not container:
+        values["sagemaker_submit_directory"] = json.dumps(os.path.abspath(spec.source_dir))
+    values.setdefault("sagemaker_job_name", json.dumps(spec.job_name))
+    values.setdefault("sagemaker_container_log_level", "20")
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        values.setdefault("sagemaker_region", json.dumps(region))
+    if spec.output_s3:
+        values["sagemaker_s3_output"] = json.dumps(spec.output_s3)
+    return values
+
+
+def _input_data_config(spec: JobSpec) -> dict[str, dict[str, str]]:
+    config: dict[str, dict[str, str]] = {}
+    for channel in spec.channels:
+        entry = {
+            "TrainingInputMode": channel.input_mode,
+            "S3DistributionType": channel.distribution,
+            "RecordWrapperType": channel.record_wrapper,
+        }
+        if channel.content_type:
+            entry["ContentType"] = channel.content_type
+        if channel.compression:
+            entry["CompressionType"] = channel.compression
+        config[channel.name] = entry
+    return config
+
+
+def _place_channel(
+    channel: ChannelSpec, target: str, index: int, count: int, environ: Mapping[str, str]
+) -> None:
+    sharded = channel.distribution == "ShardedByS3Key" and count > 1
+    if channel.source.startswith("s3://"):
+        _download_channel(channel, target, index if sharded else 0, count if sharded else 1, environ)
+        return
+    if not os.path.exists(channel.source):
+        raise ConfigError(
+            f"channel {channel.name!r}", "source", "an existing file or directory", repr(channel.source)
+        )
+    if os.path.isfile(channel.source):
+        os.makedirs(target, exist_ok=True)
+        os.symlink(channel.source, os.path.join(target, os.path.basename(channel.source)))
+        return
+    if not sharded:
+        os.symlink(channel.source, target)
+        return
+    os.makedirs(target, exist_ok=True)
+    files = sorted(
+        os.path.relpath(os.path.join(d, f), channel.source)
+        for d, _, fs in os.walk(channel.source)
+        for f in fs
+    )
+    for position, rel in enumerate(files):
+        if position % count == index:
+            link = os.path.join(target, rel)
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            os.symlink(os.path.join(channel.source, rel), link)
+
+
+def _download_channel(
+    channel: ChannelSpec, target: str, index: int, count: int, environ: Mapping[str, str]
+) -> None:
+    from smtk.s3 import make_client, parse_s3_uri
+
+    uri = parse_s3_uri(channel.source, f"channel {channel.name!r}", "source")
+    client = make_client(environ)
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=uri.key):
+        keys.extend(item["Key"] for item in page.get("Contents", []) if not item["Key"].endswith("/"))
+    keys.sort()
+    os.makedirs(target, exist_ok=True)
+    chosen = [k for i, k in enumerate(keys) if i % count == index]
+    logger.info("channel %s: downloading %d object(s) from %s", channel.name, len(chosen), channel.source)
+    prefix = uri.key.rstrip("/")
+    for key in chosen:
+        rel = key[len(prefix) :].lstrip("/") if prefix and key.startswith(prefix) else key
+        rel = rel or os.path.basename(key)
+        destination = os.path.normpath(os.path.join(target, rel))
+        if not destination.startswith(os.path.abspath(target) + os.sep):
+            raise ConfigError(
+                f"channel {channel.name!r}", "source", "object keys inside the prefix", repr(key)
+            )
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        client.download_file(uri.bucket, key, destination)

@@ -1,0 +1,213 @@
+"""Running a :class:`~smtk.local.spec.JobSpec` on this machine and summarising the outcome.
+
+One host runs ``train`` as a child process (through :mod:`smtk.launch.process`, so
+SIGINT/SIGTERM reach it and the maximum runtime is enforced with SIGTERM, as the
+platform does). Several hosts run through :mod:`smtk.local.hosts`; ``--image`` runs
+``IMAGE train`` through :mod:`smtk.local.container`. Pipe channels get a feeder per
+host beside the job (:mod:`smtk.pipefeed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+from smtk.launch.plan import LaunchPlan
+from smtk.launch.process import StopController, run, settings_grace_period
+from smtk.local.layout import HostTree, lay_out
+from smtk.local.spec import JobSpec
+
+logger = logging.getLogger("smtk")
+
+#: Pipe channels are fed for as many epochs as the job opens (the platform has no limit).
+UNLIMITED_EPOCHS = 1_000_000
+#: Extra seconds ``smtk local`` waits beyond train's own grace period before SIGKILL.
+GRACE_MARGIN = 20.0
+
+
+@dataclass(frozen=True)
+class HostOutcome:
+    host: str
+    root: str
+    exit_status: int
+
+
+def train_environment(spec: JobSpec, tree: HostTree, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment ``train`` runs with for one host."""
+    values = dict(environ)
+    values.update(spec.environment)
+    values["SAGEMAKER_BASE_DIR"] = tree.root
+    values["TRAINING_JOB_NAME"] = spec.job_name
+    if spec.checkpoint_s3:
+        # The platform syncs checkpoints itself; locally smtk does it.
+        values.setdefault("SMTK_SYNC_CHECKPOINTS", "1")
+    return values
+
+
+def _start_feeders(
+    spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str], epochs: int | None
+) -> list[Any]:
+    pipes = [c for c in spec.channels if c.input_mode == "Pipe"]
+    if not pipes:
+        return []
+    from smtk.pipefeed import PipeFeeder
+
+    feeders = []
+    for tree in trees:
+        for channel in pipes:
+            feeder = PipeFeeder(
+                channel=channel.name,
+                source=channel.source,
+                data_dir=os.path.join(tree.root, "input", "data"),
+                epochs=epochs or UNLIMITED_EPOCHS,
+                record_wrapper=channel.record_wrapper,
+                distribution=channel.distribution,
+                host_index=tree.index,
+                host_count=len(trees),
+                environ=environ,
+            )
+            feeder.start()
+            feeders.append(feeder)
+    logger.info("feeding %d Pipe channel(s) on %d host(s)", len(pipes), len(trees))
+    return feeders
+
+
+def _stop_feeders(feeders: list[Any]) -> None:
+    for feeder in feeders:
+        feeder.stop()
+        error = getattr(feeder, "error", None)
+        if error is not None:
+            logger.warning("pipe feeder: %s", error)
+
+
+def run_job(
+    spec: JobSpec,
+    job_dir: str,
+    *,
+    stop: StopController | None = None,
+    environ: Mapping[str, str] | None = None,
+    pipe_epochs: int | None = None,
+    out: IO[str] | None = None,
+) -> int:
+    """Lay out, run and summarise ``spec``; returns the job's exit status."""
+    env = dict(os.environ if environ is None else environ)
+    started = time.monotonic()
+    trees = lay_out(spec, job_dir, env, container=spec.image is not None)
+    logger.info("job %s: %d host(s) under %s", spec.job_name, len(trees), os.path.abspath(job_dir))
+    feeders = _start_feeders(spec, trees, env, pipe_epochs)
+    try:
+        if spec.image is not None:
+            outcomes = _run_in_containers(spec, trees, env)
+        elif len(trees) == 1:
+            outcomes = [_run_one(spec, trees[0], env, stop)]
+        else:
+            outcomes = _run_hosts(spec, trees, env)
+    finally:
+        _stop_feeders(feeders)
+    print_summary(spec, outcomes, time.monotonic() - started, out or sys.stdout)
+    return _job_status(outcomes)
+
+
+def _run_one(
+    spec: JobSpec, tree: HostTree, environ: Mapping[str, str], stop: StopController | None
+) -> HostOutcome:
+    plan = LaunchPlan(
+        kind="process",
+        argv=(sys.executable, "-m", "smtk.train"),
+        env=train_environment(spec, tree, environ),
+        cwd=os.getcwd(),
+        hosts=(tree.host,),
+    )
+    result = run(
+        plan,
+        stop=stop,
+        max_runtime=spec.max_runtime,
+        grace_period=settings_grace_period() + GRACE_MARGIN,
+        progress_interval=0.0,
+    )
+    return HostOutcome(tree.host, tree.root, result.exit_status)
+
+
+def _run_hosts(spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str]) -> list[HostOutcome]:
+    from smtk.local.hosts import run_hosts
+
+    roots = {tree.host: tree.root for tree in trees}
+    base = train_environment(spec, trees[0], environ)
+    base.pop("SAGEMAKER_BASE_DIR", None)
+    statuses = run_hosts(roots, base)
+    return [HostOutcome(tree.host, tree.root, statuses.get(tree.host, 1)) for tree in trees]
+
+
+def _run_in_containers(spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str]) -> list[HostOutcome]:
+    from smtk.local.container import run_in_container
+
+    if len(trees) > 1:
+        from smtk.errors import ConfigError
+
+        raise ConfigError("--image", None, "one host (InstanceCount 1) with a container image", len(trees))
+    tree = trees[0]
+    container_env = {**dict(spec.environment), "TRAINING_JOB_NAME": spec.job_name}
+    mounts: list[str] = []
+    for channel in spec.channels:
+        if channel.input_mode != "Pipe" and not channel.source.startswith("s3://"):
+            mounts += ["-v", f"{channel.source}:/opt/ml/input/data/{channel.name}:ro"]
+    if spec.source_dir:
+        shutil.copytree(spec.source_dir, os.path.join(tree.root, "code"), dirs_exist_ok=True, symlinks=True)
+    status = run_in_container(spec.image or "", tree.root, environ=container_env, extra_args=mounts)
+    return [HostOutcome(tree.host, tree.root, status)]
+
+
+def _job_status(outcomes: list[HostOutcome]) -> int:
+    for outcome in outcomes:
+        if outcome.exit_status != 0:
+            return outcome.exit_status
+    return 0
+
+
+def _first_line(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.readline().strip() or "(empty failure file)"
+    except OSError:
+        return None
+
+
+def _listing(directory: str, limit: int = 6) -> str:
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return "(missing)"
+    if not names:
+        return "(empty)"
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+
+
+def print_summary(spec: JobSpec, outcomes: list[HostOutcome], seconds: float, out: IO[str]) -> None:
+    status = _job_status(outcomes)
+    verdict = "succeeded" if status == 0 else f"failed (exit status {status})"
+    lines = [
+        "",
+        f"smtk local: job {spec.job_name!r} {verdict} in {seconds:.1f} s on {len(outcomes)} host(s)",
+    ]
+    for outcome in outcomes:
+        output = os.path.join(outcome.root, "output")
+        state = "success" if outcome.exit_status == 0 else f"failure, exit status {outcome.exit_status}"
+        lines.append(f"  {outcome.host}: {state}")
+        model = os.path.join(outcome.root, "model")
+        lines.append(f"    model:       {model}  {_listing(model)}")
+        lines.append(
+            f"    output data: {os.path.join(output, 'data')}  {_listing(os.path.join(output, 'data'))}"
+        )
+        reason = _first_line(os.path.join(output, "failure"))
+        if reason is not None:
+            lines.append(f"    failure:     {os.path.join(output, 'failure')}")
+            lines.append(f"                 {reason}")
+    out.write("\n".join(lines) + "\n")
+    out.flush()
