@@ -284,34 +284,35 @@ def _group_alive(pgid: int) -> bool:
 
 
 class _Reaper:
-    """Collects the child's status; as PID 1 it also reaps orphaned zombies."""
+    """Waits for the child in a thread; as PID 1 it also reaps orphaned zombies.
+
+    A blocking ``waitpid`` in a thread wakes the supervision loop the moment the
+    child exits, instead of on the next tick of a polling sleep.
+    """
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.status: int | None = None
+        self.exited = threading.Event()
         self._reap_all = os.getpid() == 1 or os.environ.get("SMTK_REAP_ZOMBIES") == "1"
+        self._thread = threading.Thread(target=self._wait, name="smtk-reaper", daemon=True)
+        self._thread.start()
 
-    def poll(self) -> bool:
-        if self.status is not None:
-            return True
-        if self._reap_all:
-            while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                if pid == self.pid:
-                    self.status = status
-        else:
+    def _wait(self) -> None:
+        while self.status is None:
             try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                pid, status = os.waitpid(-1 if self._reap_all else self.pid, 0)
             except ChildProcessError:
+                # Someone else reaped it (cannot happen unless the caller waits too).
                 pid, status = self.pid, 0
+            except InterruptedError:
+                continue
             if pid == self.pid:
                 self.status = status
-        return self.status is not None
+        self.exited.set()
+
+    def poll(self, timeout: float) -> bool:
+        return self.exited.wait(timeout)
 
 
 def run(
@@ -368,7 +369,7 @@ def run(
     timed_out = False
     stopped_by: int | None = None
     try:
-        while not reaper.poll():
+        while not reaper.poll(_LOOP_INTERVAL):
             now = time.monotonic()
             if max_runtime is not None and not timed_out and now - started >= max_runtime:
                 timed_out = True
@@ -399,13 +400,11 @@ def run(
                 killed = True
                 logger.error("the job did not exit in time: killing its process group with SIGKILL")
                 _killpg(pgid, signal.SIGKILL)
-            time.sleep(_LOOP_INTERVAL)
     finally:
         if reaper.status is None:
             # We are unwinding because of an error of our own: leave nothing behind.
             _killpg(pgid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(proc.pid, 0)
+            reaper.poll(10.0)
     status = reaper.status if reaper.status is not None else 0
     proc.returncode = os.waitstatus_to_exitcode(status)
     _clean_up_group(pgid)

@@ -98,7 +98,7 @@ def parse_channel_flag(text: str) -> ChannelSpec:
     head, colon, tail = rest.rpartition(":")
     if colon and tail in INPUT_MODES:
         rest, mode = head, tail
-    return ChannelSpec(name=name, source=rest, input_mode=mode)
+    return ChannelSpec(name=name, source=_resolve_source(rest, os.getcwd()), input_mode=mode)
 
 
 def _str(source: str, key: str, value: object, *, optional: bool = True) -> str | None:

@@ -1,0 +1,293 @@
+"""Run one host's job inside a container image, the way the platform starts it: ``IMAGE train``.
+
+::
+
+    from smtk.local.container import find_engine, run_in_container
+
+    engine = find_engine()                      # "/usr/bin/podman", or None
+    status = run_in_container("my-image", "/jobs/run-1/algo-1",
+                              environ={"TRAINING_JOB_NAME": "run-1"})
+
+The host's job tree is bind-mounted at ``/opt/ml``, part by part (``input``, ``model``,
+``output``, ``checkpoints``, and ``code`` when the host's copy has files, so an image that
+ships its code in ``/opt/ml/code`` keeps it); the container runs ``train`` (the image's
+``ENTRYPOINT ["train"]`` gets ``train`` as its argument, as on the platform, where smtk's
+``train`` accepts and ignores it). Output streams straight to this process's
+stdout/stderr; the exit status is the container's. SIGTERM/SIGINT received here are
+forwarded to the container (``<engine> kill --signal``); if it has not exited
+``stop_timeout`` seconds later, or on a second signal, it is killed.
+
+Settings:
+
+``SMTK_CONTAINER_ENGINE``
+    ``podman`` or ``docker`` (a name on ``PATH`` or a path). Default: the first of podman,
+    docker whose ``info`` succeeds, so a ``docker`` CLI without a reachable engine is skipped.
+``SMTK_CONTAINER_ARGS``
+    Extra ``<engine> run`` options, split like a shell would (``shlex``), placed before the
+    image; default none. Hosts whose runtime rejects the default resource limits need e.g.
+    ``--runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024``.
+
+Environment values are passed as ``-e NAME`` with the value in the engine's own
+environment, so no value (a secret) ever appears on a command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from types import FrameType
+from typing import Any
+
+from smtk.errors import ConfigError
+
+logger = logging.getLogger("smtk")
+
+ENGINE_ENV = "SMTK_CONTAINER_ENGINE"
+ARGS_ENV = "SMTK_CONTAINER_ARGS"
+#: Engines tried, in order, when ``SMTK_CONTAINER_ENGINE`` is not set.
+ENGINES = ("podman", "docker")
+#: Where the job tree goes inside the container (the platform's path).
+CONTAINER_ROOT = "/opt/ml"
+#: The parts of the job tree mounted from the host (``code`` too when the host has code).
+TREE_PARTS = ("input", "model", "output", "checkpoints")
+#: Seconds an ``<engine> info`` probe may take before the engine counts as not working.
+PROBE_TIMEOUT = 60.0
+
+
+def find_engine(environ: Mapping[str, str] | None = None) -> str | None:
+    """The path of a container engine that answers ``info``, or ``None``.
+
+    ``SMTK_CONTAINER_ENGINE`` names the only candidate when set; otherwise podman, then
+    docker. A binary whose engine cannot be reached (a docker CLI with no daemon) does
+    not count.
+    """
+    env = os.environ if environ is None else environ
+    configured = env.get(ENGINE_ENV, "").strip()
+    for candidate in (configured,) if configured else ENGINES:
+        path = shutil.which(candidate, path=env.get("PATH"))
+        if path is not None and _answers(path, env):
+            return path
+        logger.debug("container engine %s: %s", candidate, "not found" if path is None else "not working")
+    return None
+
+
+def _answers(path: str, environ: Mapping[str, str]) -> bool:
+    try:
+        probe = subprocess.run(
+            [path, "info"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(environ),
+            timeout=PROBE_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def engine_args(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The extra ``run`` options from ``SMTK_CONTAINER_ARGS`` (shell-style split)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(ARGS_ENV, "")
+    try:
+        return shlex.split(raw)
+    except ValueError as exc:
+        raise ConfigError(ARGS_ENV, None, "options split like a shell command line", raw) from exc
+
+
+def tree_mounts(host_root: str) -> list[tuple[str, str]]:
+    """The bind mounts that put the host's job tree at ``/opt/ml`` (host path, container path).
+
+    Each part the platform provides is mounted on its own (``input``, ``model``, ``output``,
+    ``checkpoints``), and ``code`` only when the host's copy has files: an image that ships
+    its code in ``/opt/ml/code`` keeps it, as on the platform. Missing parts are created.
+    """
+    root = os.path.abspath(host_root)
+    mounts = []
+    for part in TREE_PARTS:
+        os.makedirs(os.path.join(root, part), exist_ok=True)
+        mounts.append((os.path.join(root, part), f"{CONTAINER_ROOT}/{part}"))
+    code = os.path.join(root, "code")
+    if os.path.isdir(code) and os.listdir(code):
+        mounts.append((code, f"{CONTAINER_ROOT}/code"))
+    return mounts
+
+
+def run_argv(
+    engine: str,
+    image: str,
+    host_root: str,
+    *,
+    names: Sequence[str],
+    name: str,
+    hostname: str | None = None,
+    options: Sequence[str] = (),
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The ``<engine> run`` command line (values of ``names`` travel in the environment)."""
+    argv = [engine, "run", "--rm", "--name", name]
+    for source, target in tree_mounts(host_root):
+        argv += ["-v", f"{source}:{target}"]
+    if hostname:
+        argv += ["--hostname", hostname]
+    for variable in names:
+        argv += ["-e", variable]
+    argv += [*options, *extra_args, image, "train"]
+    return argv
+
+
+def run_in_container(
+    image: str,
+    host_root: str,
+    *,
+    environ: Mapping[str, str],
+    engine: str | None = None,
+    name: str | None = None,
+    stop_timeout: int = 120,
+    extra_args: Sequence[str] = (),
+) -> int:
+    """Run ``IMAGE train`` with ``host_root`` as ``/opt/ml``; returns the container's exit status.
+
+    ``environ`` is the job's environment inside the container (only these variables are
+    passed). ``engine`` defaults to :func:`find_engine`; ``extra_args`` are more ``run``
+    options (mounts, ``--network``, ``--gpus``), after ``SMTK_CONTAINER_ARGS``. Must be
+    called from the main thread when SIGTERM/SIGINT are to be forwarded.
+    """
+    if not os.path.isdir(host_root):
+        raise ConfigError("run_in_container", "host_root", "an existing job tree directory", host_root)
+    path = engine or find_engine()
+    if path is None:
+        wanted = os.environ.get(ENGINE_ENV) or " or ".join(ENGINES)
+        raise ConfigError(
+            ENGINE_ENV,
+            None,
+            "a working container engine (podman or docker whose 'info' succeeds)",
+            f"none working among {wanted}",
+            hint="install podman, or start the docker daemon, or set SMTK_CONTAINER_ENGINE",
+        )
+    container = name or f"smtk-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    argv = run_argv(
+        path,
+        image,
+        host_root,
+        names=sorted(environ),
+        name=container,
+        hostname=_current_host(host_root),
+        options=engine_args(),
+        extra_args=extra_args,
+    )
+    logger.info("container: %s", shlex.join(argv))
+    forwarder = _Forwarder(path, container, stop_timeout)
+    with forwarder:
+        # The engine's own session: a terminal's Ctrl-C reaches only smtk, which forwards it
+        # once (the engine CLI would proxy it a second time otherwise).
+        child = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, env={**os.environ, **environ}, start_new_session=True
+        )
+        try:
+            status = child.wait()
+        finally:
+            forwarder.finished.set()
+    if forwarder.signals:
+        logger.info(
+            "container %s stopped after %s: exit status %d",
+            container,
+            signal.Signals(forwarder.signals[0]).name,
+            status,
+        )
+    return status
+
+
+def _current_host(host_root: str) -> str | None:
+    """The job's ``current_host``, so the container's hostname is the platform's (``algo-1``)."""
+    from smtk.config import read_resource_config
+
+    path = os.path.join(host_root, "input", "config", "resourceconfig.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        return read_resource_config(path).current_host
+    except ConfigError:
+        # train inside the container reports the bad file in output/failure.
+        return None
+
+
+class _Forwarder:
+    """Forwards SIGTERM/SIGINT to a running container; kills it after a grace period."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    #: Attempts (one second apart) at signalling a container the engine has not created yet.
+    ATTEMPTS = 10
+
+    def __init__(self, engine: str, container: str, grace: int) -> None:
+        self.engine = engine
+        self.container = container
+        self.grace = grace
+        self.signals: list[int] = []
+        self.finished = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Forwarder:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._previous.get(signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            # Chain to a recording handler (smtk local's StopController) so it sees the stop too.
+            previous(signum, frame)
+        self.signals.append(signum)
+        # The engine CLI may take a while: never block the main thread's wait() in a handler.
+        threading.Thread(target=self._stop, args=(signum, len(self.signals) == 1), daemon=True).start()
+
+    def _stop(self, signum: int, first: bool) -> None:
+        if first:
+            name = signal.Signals(signum).name
+            logger.info("forwarding %s to container %s (killed after %d s)", name, self.container, self.grace)
+            self._kill(name)
+            if self.finished.wait(self.grace):
+                return
+            logger.warning("container %s still running after %d s: killing it", self.container, self.grace)
+        self._kill("KILL")
+
+    def _kill(self, signame: str) -> None:
+        argv = [self.engine, "kill", "--signal", signame, self.container]
+        for _ in range(self.ATTEMPTS):
+            try:
+                done = subprocess.run(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    timeout=PROBE_TIMEOUT,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                logger.warning("could not signal container %s: %s", self.container, exc)
+                return
+            if done.returncode == 0:
+                return
+            # Not created yet (the signal came right after start), or already gone.
+            if self.finished.wait(1.0):
+                return
+        logger.warning(
+            "could not signal container %s: %s",
+            self.container,
+            done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}",
+        )
