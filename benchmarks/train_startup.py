@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt_ms, reference_python, time_runs  # noqa: E402
+from _common import fmt_ms, reference_python, time_runs
 
 SCRIPT = "print('first line')\n"
 
