@@ -15,16 +15,30 @@ from typing import Any
 
 MASK = "****"
 
-_SECRET_NAME = re.compile(
-    r"(pass(word|wd)?|secret|token|(^|[_-])key($|[_-])|apikey|api_key|credential|auth)", re.I
+#: Name components that mark a secret (``DB_PASSWORD``, ``apiToken``, ``hf-token``).
+_SECRET_PARTS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "apikey",
+        "credential",
+        "credentials",
+        "auth",
+        "passphrase",
+    }
 )
-# Names that contain "key" but are not secrets.
-_NOT_SECRET = re.compile(r"^(SM_HP_)?(keyword|keys?_?(path|file|name|id)?|monkey)$", re.I)
+# Components that contain a secret word but name something harmless.
+_HARMLESS_AFTER_KEY = frozenset({"id", "name", "path", "file", "type", "size", "len", "length"})
+_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<cred>[^/@\s:]+(:[^/@\s]*)?)@")
 # Secrets written inline as NAME=value or --name value in text.
 _INLINE = re.compile(
-    r"(?P<name>[A-Za-z0-9_.-]*(?:password|passwd|secret|token|credential|api[_-]?key|access[_-]?key)[A-Za-z0-9_.-]*)"
-    r"(?P<sep>\s*[=:]\s*|\s+)(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&]+)",
+    r"(?P<name>[A-Za-z0-9_.-]*(?:password|passwd|secret|token|credential|api[_-]?key|access[_-]?key))"
+    r"(?![A-Za-z0-9_])(?P<sep>\s*[=:]\s*)(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&]+)",
     re.I,
 )
 # Value shapes that are secrets by themselves: AWS access key ids, bearer tokens.
@@ -34,11 +48,23 @@ _MIN_SECRET_LEN = 4
 
 
 def is_secret_name(name: str) -> bool:
-    """Whether a variable or hyperparameter called ``name`` holds a secret."""
+    """Whether a variable or hyperparameter called ``name`` holds a secret.
+
+    A name is secret when one of its components (split at ``_``, ``-``, ``.`` and
+    camelCase) is a secret word: ``api_token`` and ``DBPassword`` are, ``max_tokens``
+    and ``keyword`` are not. ``*_key_id``/``*_key_path`` style names are not secret,
+    except AWS access key ids.
+    """
     bare = name[6:] if name.upper().startswith("SM_HP_") else name
-    if _NOT_SECRET.match(bare):
-        return False
-    return bool(_SECRET_NAME.search(bare))
+    parts = [p.lower() for p in _SPLIT.split(bare) if p]
+    for index, part in enumerate(parts):
+        if part not in _SECRET_PARTS:
+            continue
+        following = parts[index + 1] if index + 1 < len(parts) else None
+        if part == "key" and following in _HARMLESS_AFTER_KEY and parts[:2] != ["aws", "access"]:
+            continue
+        return True
+    return False
 
 
 def redact_url(text: str) -> str:

@@ -29,6 +29,7 @@ import codecs
 import collections
 import contextlib
 import logging
+import math
 import os
 import selectors
 import signal
@@ -131,7 +132,7 @@ class _LineSplitter:
         self._buffer = bytearray()
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._progress_interval = progress_interval
-        self._last_progress = 0.0
+        self._last_progress = -math.inf  # the first update shows at once
         self._pending_progress: str | None = None
 
     def feed(self, data: bytes) -> None:
