@@ -253,3 +253,30 @@ def test_requirements_failure_is_exit_3_with_pip_error(tmp_path: Path) -> None:
     assert "surely-not-a-package-xyz" in failure
     assert "pipsecret" not in failure + proc.stdout + proc.stderr + json.dumps(record)
     assert "never runs" not in proc.stdout
+
+
+def test_train_path_imports_no_heavy_modules(tmp_path: Path) -> None:
+    root = make_tree(
+        tmp_path,
+        hyperparameters={"epochs": 1},
+        inputdataconfig={"train": {"TrainingInputMode": "File"}},
+        code={"train.py": "print('first line')\n"},
+    )
+    env = clean_env(root, SAGEMAKER_PROGRAM="train.py")
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "smtk.train"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "import time:" in line
+    }
+    heavy = {
+        name for name in imported if name.split(".")[0] in {"boto3", "botocore", "torch", "numpy", "mpi4py"}
+    }
+    assert heavy == set()
+    assert "smtk.launch.process" in imported  # the measurement did see smtk's own imports
