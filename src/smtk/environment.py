@@ -22,19 +22,17 @@ asked for) and never imports boto3.
 
 from __future__ import annotations
 
-import logging
 import os
-import shutil
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from smtk import config, hardware
-from smtk.config import ChannelConfig, CheckpointConfig, ResourceConfig
+from smtk.config import ChannelConfig, CheckpointConfig, ResourceConfig, describe
 from smtk.errors import ConfigError
 from smtk.hyperparameters import (
     ArgvFormat,
     Hyperparameters,
-    decode_value,
+    decode_all,
     format_env_value,
     split,
     to_cmd_args,
@@ -93,43 +91,48 @@ DISTRIBUTION_FLAGS: tuple[str, ...] = (
     "sagemaker_torch_distributed_enabled",
 )
 
+_INFO = 20  # logging.INFO, without importing logging
 _LEVEL_NAMES = {"CRITICAL": 50, "FATAL": 50, "ERROR": 40, "WARNING": 30, "WARN": 30, "INFO": 20, "DEBUG": 10}
 
 
 class Environment(Mapping[str, Any]):
     """A read-only snapshot of the job: config files, environment variables, hardware."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> None:
         self._environ: dict[str, str] = dict(os.environ if environ is None else environ)
         self.paths = Paths(os.fspath(root)) if root is not None else Paths.from_environ(self._environ)
         paths = self.paths
 
         raw_hps = config.read_hyperparameters(paths.hyperparameters_file)
-        decoded = {key: decode_value(value) for key, value in raw_hps.items()}
+        decoded = decode_all(raw_hps)
         user, framework, reserved = split(decoded)
         self._raw_hyperparameters = raw_hps
         self._hyperparameters = Hyperparameters(user, {k: raw_hps[k] for k in user})
         self._framework_params = framework
         self._reserved = reserved
 
-        self._input_data_config, self._channels = config.read_input_data_config(
-            paths.input_data_config_file
-        )
+        self._input_data_config, self._channels = config.read_input_data_config(paths.input_data_config_file)
         self._resource: ResourceConfig = config.read_resource_config(paths.resource_config_file)
-        self._checkpoint = config.read_checkpoint_config(
-            paths.checkpoint_config_file, paths.checkpoints_dir
-        )
+        self._checkpoint = config.read_checkpoint_config(paths.checkpoint_config_file, paths.checkpoints_dir)
 
-        self._log_level = _log_level(reserved.get("sagemaker_container_log_level", logging.INFO))
+        self._log_level = _log_level(reserved.get("sagemaker_container_log_level", _INFO))
         program = self._environ.get("SAGEMAKER_PROGRAM")
         hp_program = reserved.get("sagemaker_program")
         if hp_program is not None and not isinstance(hp_program, str):
-            raise ConfigError("hyperparameters.json", "sagemaker_program", "a file name", repr(hp_program))
+            raise ConfigError(
+                "hyperparameters.json",
+                "sagemaker_program",
+                "a file name (a JSON string)",
+                describe(hp_program),
+            )
         self._user_entry_point: str | None = program or hp_program
         self._module_name = program if program is not None else str(hp_program)
         submit = reserved.get("sagemaker_submit_directory", paths.code_dir)
         self._module_dir = str(submit)
 
+        self._argv_format = self._compute_argv_format()
         self._distribution_instance_groups = self._compute_distribution_groups()
         self._distribution_hosts = self._compute_distribution_hosts()
         self._num_gpus: int | None = None
@@ -154,6 +157,26 @@ class Environment(Mapping[str, Any]):
 
     # -- derived values ------------------------------------------------------------------
 
+    def _compute_argv_format(self) -> ArgvFormat:
+        # The hyperparameter (per job) wins over the variable (per image); empty means unset.
+        if "smtk_argv_format" in self._reserved:
+            source, key, value = (
+                "hyperparameters.json",
+                "smtk_argv_format",
+                self._reserved["smtk_argv_format"],
+            )
+        else:
+            source, key, value = (
+                "environment",
+                "SMTK_ARGV_FORMAT",
+                self._environ.get("SMTK_ARGV_FORMAT") or "compat",
+            )
+        if value == "json":
+            return "json"
+        if value == "compat":
+            return "compat"
+        raise ConfigError(source, key, "'compat' or 'json'", describe(value))
+
     def _compute_distribution_groups(self) -> list[Any]:
         if "sagemaker_distribution_instance_groups" in self._framework_params:
             groups = self._framework_params["sagemaker_distribution_instance_groups"]
@@ -162,7 +185,7 @@ class Environment(Mapping[str, Any]):
                     "hyperparameters.json",
                     "sagemaker_distribution_instance_groups",
                     "a JSON list of instance group names",
-                    repr(groups),
+                    describe(groups),
                 )
             return list(groups)
         if any(self._framework_params.get(flag, False) for flag in DISTRIBUTION_FLAGS):
@@ -218,7 +241,8 @@ class Environment(Mapping[str, Any]):
 
     @property
     def framework_module(self) -> str | None:
-        return self._environ.get("SAGEMAKER_TRAINING_MODULE") or None
+        # Set but empty stays "" (not None), as in the reference's SM_TRAINING_ENV.
+        return self._environ.get("SAGEMAKER_TRAINING_MODULE")
 
     @property
     def hosts(self) -> list[str]:
@@ -264,15 +288,15 @@ class Environment(Mapping[str, Any]):
 
     @property
     def is_smddpmprun_installed(self) -> bool:
-        return shutil.which("smddpmprun", path=self._environ.get("PATH")) is not None
+        return _which("smddpmprun", self._environ.get("PATH"))
 
     @property
     def is_smddprun_installed(self) -> bool:
-        return shutil.which("smddprun", path=self._environ.get("PATH")) is not None
+        return _which("smddprun", self._environ.get("PATH"))
 
     @property
     def job_name(self) -> str | None:
-        return self._environ.get("TRAINING_JOB_NAME") or None
+        return self._environ.get("TRAINING_JOB_NAME")
 
     @property
     def log_level(self) -> int:
@@ -407,11 +431,7 @@ class Environment(Mapping[str, Any]):
     @property
     def argv_format(self) -> ArgvFormat:
         """``compat`` (default) or ``json``: from ``smtk_argv_format`` or ``SMTK_ARGV_FORMAT``."""
-        value = self._reserved.get("smtk_argv_format", self._environ.get("SMTK_ARGV_FORMAT", "compat"))
-        if value in ("compat", "json"):
-            return "json" if value == "json" else "compat"
-        source = "hyperparameters.json" if "smtk_argv_format" in self._reserved else "SMTK_ARGV_FORMAT"
-        raise ConfigError(source, "smtk_argv_format", "'compat' or 'json'", repr(value))
+        return self._argv_format
 
     @property
     def distribution_enabled(self) -> bool:
@@ -470,13 +490,27 @@ class Environment(Mapping[str, Any]):
 
 
 def _log_level(value: Any) -> int:
+    """``sagemaker_container_log_level`` as a number: ``20``, ``"20"`` or a name (``"DEBUG"``)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.upper() in _LEVEL_NAMES:
-        return _LEVEL_NAMES[value.upper()]
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isascii() and text.isdigit():
+            return int(text)
+        if text.upper() in _LEVEL_NAMES:
+            return _LEVEL_NAMES[text.upper()]
     raise ConfigError(
         "hyperparameters.json",
         "sagemaker_container_log_level",
         "a logging level (10, 20, ... or DEBUG, INFO, ...)",
-        repr(value),
+        describe(value),
     )
+
+
+def _which(name: str, path: str | None) -> bool:
+    """Whether ``name`` is an executable on ``path`` (``which``, without importing shutil)."""
+    for directory in (path if path is not None else os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return True
+    return False

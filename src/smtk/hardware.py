@@ -4,7 +4,14 @@ Each probe runs at most once per process (the results are cached) and a missing
 tool means 0, never an error:
 
 - GPUs: ``nvidia-smi --list-gpus``, then narrowed by ``NVIDIA_VISIBLE_DEVICES`` and
-  ``CUDA_VISIBLE_DEVICES`` (indices or ``GPU-``/``MIG-`` UUIDs, as CUDA reads them).
+  ``CUDA_VISIBLE_DEVICES``. The container runtime has already applied
+  ``NVIDIA_VISIBLE_DEVICES`` to what ``nvidia-smi`` lists inside a container (and
+  renumbered the GPUs from 0), so smtk only honours its "no GPU" values (``none``,
+  ``void``, empty), selects by ``GPU-``/``MIG-`` UUID, and caps the count at the length of
+  an index list. ``CUDA_VISIBLE_DEVICES`` is applied the way the CUDA runtime reads it:
+  indices or UUID prefixes, in order, stopping at the first entry that matches no
+  device (so ``-1`` or an empty value hide every GPU); ``MIG-`` UUIDs count one
+  device each.
 - CPUs: the CPUs this process may run on (affinity), capped by the cgroup CPU quota
   (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), rounded up, at least 1.
 - Neuron cores: ``neuron-ls -j``, summing ``nc_count`` (64 on ``trn2.48xlarge``, as the
@@ -18,31 +25,48 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 import os
 import re
-import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
-
-logger = logging.getLogger("smtk")
+from typing import NamedTuple
 
 PROBE_TIMEOUT_S = 20.0
-_GPU_LINE = re.compile(r"^GPU (\d+):.*?(?:\(UUID: ([^)]+)\))?\s*$")
+_GPU_LINE = re.compile(r"GPU (\d+):.*?(?:\(UUID: ([^)]+)\))?\s*")
+_MIG_LINE = re.compile(r"MIG .*\(UUID: (MIG-[^)]+)\)\s*")
 
 
-@dataclass(frozen=True)
-class GpuInfo:
-    index: int
+class GpuInfo(NamedTuple):
+    """One line of ``nvidia-smi --list-gpus`` (and the MIG devices listed under it)."""
+
+    ordinal: int  # the N of "GPU N:"
     uuid: str | None
+    migs: tuple[str, ...] = ()
+
+
+def _find_tool(name: str) -> str | None:
+    """``name`` on ``$PATH``, the way ``execvp`` looks for it, or ``None``."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def _run_probe(argv: list[str]) -> str | None:
     """stdout of ``argv``, or ``None`` if the tool is absent, fails or hangs."""
+    executable = _find_tool(argv[0])
+    if executable is None:
+        # The common case on CPU machines: no process, no import of subprocess.
+        return None
+    # Imported here: subprocess and logging are most of the cost of importing this module.
+    import logging
+    import subprocess
+
+    logger = logging.getLogger("smtk")
     try:
         proc = subprocess.run(
-            argv,
+            [executable, *argv[1:]],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -50,7 +74,7 @@ def _run_probe(argv: list[str]) -> str | None:
             check=False,
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        logger.debug("%s not usable (%s); counting 0", argv[0], exc)
+        logger.info("%s not usable (%s); counting 0", argv[0], exc)
         return None
     if proc.returncode != 0:
         logger.info(
@@ -69,45 +93,64 @@ def list_gpus() -> tuple[GpuInfo, ...]:
     out = _run_probe(["nvidia-smi", "--list-gpus"])
     if out is None:
         return ()
-    gpus = []
+    gpus: list[GpuInfo] = []
     for line in out.splitlines():
-        match = _GPU_LINE.match(line.strip())
-        if match:
+        text = line.strip()
+        if match := _GPU_LINE.fullmatch(text):
             gpus.append(GpuInfo(int(match.group(1)), match.group(2)))
+        elif (mig := _MIG_LINE.fullmatch(text)) and gpus:
+            last = gpus[-1]
+            gpus[-1] = GpuInfo(last.ordinal, last.uuid, (*last.migs, mig.group(1)))
     return tuple(gpus)
 
 
-def _visible(gpus: tuple[GpuInfo, ...], spec: str) -> tuple[GpuInfo, ...]:
-    """Apply one ``*_VISIBLE_DEVICES`` value the way the CUDA runtime does."""
-    text = spec.strip()
-    if text.lower() in ("all",):
-        return gpus
-    if text.lower() in ("", "none", "void", "nodevfiles"):
-        return ()
-    chosen: list[GpuInfo] = []
-    for token in (t.strip() for t in text.split(",")):
-        match = None
-        if token.lstrip("-").isdigit():
-            index = int(token)
-            match = next((g for g in gpus if g.index == index), None)
+_HIDDEN = ("", "none", "void", "nodevfiles")
+
+
+def _nvidia_visible(gpus: tuple[GpuInfo, ...], spec: str) -> int:
+    """How many of ``gpus`` the container runtime's ``NVIDIA_VISIBLE_DEVICES`` leaves."""
+    text = spec.strip().lower()
+    if text == "all":
+        return len(gpus)
+    if text in _HIDDEN:
+        return 0
+    tokens = [t.strip() for t in spec.split(",") if t.strip()]
+    if all(t.isdigit() for t in tokens):
+        return min(len(gpus), len(set(tokens)))
+    return len(_select(gpus, tokens, stop_at_unknown=False))
+
+
+def _select(gpus: tuple[GpuInfo, ...], tokens: list[str], *, stop_at_unknown: bool) -> list[str]:
+    """The device ids (``index`` or MIG UUID) the tokens name, in order, without repeats."""
+    chosen: list[str] = []
+    for token in tokens:
+        found: str | None = None
+        if token.isdigit():
+            found = next((str(g.ordinal) for g in gpus if g.ordinal == int(token)), None)
+        elif token.startswith("MIG-"):
+            found = next((m for g in gpus for m in g.migs if m.startswith(token)), None)
         elif token:
-            match = next((g for g in gpus if g.uuid and g.uuid.startswith(token)), None)
-        if match is None:
-            # CUDA stops at the first entry it cannot resolve (e.g. "-1").
-            break
-        if match not in chosen:
-            chosen.append(match)
-    return tuple(chosen)
+            found = next((str(g.ordinal) for g in gpus if g.uuid and g.uuid.startswith(token)), None)
+        if found is None:
+            if stop_at_unknown:
+                break
+            continue
+        if found not in chosen:
+            chosen.append(found)
+    return chosen
 
 
 def gpu_count(environ: Mapping[str, str] | None = None) -> int:
-    """GPUs this process may use."""
+    """GPUs this process may use (0 without ``nvidia-smi``)."""
     env = os.environ if environ is None else environ
     gpus = list_gpus()
-    for var in ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"):
-        if var in env:
-            gpus = _visible(gpus, env[var])
-    return len(gpus)
+    count = len(gpus)
+    if "NVIDIA_VISIBLE_DEVICES" in env:
+        count = min(count, _nvidia_visible(gpus, env["NVIDIA_VISIBLE_DEVICES"]))
+    if "CUDA_VISIBLE_DEVICES" in env:
+        tokens = [t.strip() for t in env["CUDA_VISIBLE_DEVICES"].split(",")]
+        count = min(count, len(_select(gpus, tokens, stop_at_unknown=True)))
+    return count
 
 
 def _cgroup_quota(cgroup_root: str, proc_cgroup: str) -> float | None:
@@ -123,9 +166,10 @@ def _cgroup_quota(cgroup_root: str, proc_cgroup: str) -> float | None:
         if len(parts) != 3:
             continue
         controllers, path = parts[1], parts[2].lstrip("/")
-        if controllers == "":  # cgroup v2 unified hierarchy
-            candidates = _ancestors(os.path.join(cgroup_root, path), cgroup_root)
-            limits.extend(q for c in candidates if (q := _v2_quota(c)) is not None)
+        if controllers == "":  # cgroup v2; in "hybrid" mode it is mounted at <root>/unified
+            for base in (cgroup_root, os.path.join(cgroup_root, "unified")):
+                candidates = _ancestors(os.path.join(base, path), base)
+                limits.extend(q for c in candidates if (q := _v2_quota(c)) is not None)
         elif "cpu" in controllers.split(","):
             for mount in ("cpu,cpuacct", "cpu", "cpuacct,cpu"):
                 base = os.path.join(cgroup_root, mount)
@@ -144,7 +188,7 @@ def _ancestors(path: str, stop: str) -> list[str]:
     result = []
     current = os.path.normpath(path)
     stop = os.path.normpath(stop)
-    while current.startswith(stop):
+    while current == stop or current.startswith(stop.rstrip(os.sep) + os.sep):
         result.append(current)
         if current == stop:
             break
@@ -175,8 +219,9 @@ def _v2_quota(directory: str) -> float | None:
 
 
 def _v1_quota(directory: str) -> float | None:
-    quota, period = _read(os.path.join(directory, "cpu.cfs_quota_us")), _read(
-        os.path.join(directory, "cpu.cfs_period_us")
+    quota, period = (
+        _read(os.path.join(directory, "cpu.cfs_quota_us")),
+        _read(os.path.join(directory, "cpu.cfs_period_us")),
     )
     try:
         q, p = int(quota or "-1"), int(period or "0")
@@ -217,7 +262,9 @@ def _neuron_cores() -> int:
     try:
         devices = json.loads(out)
     except ValueError:
-        logger.info("neuron-ls -j printed no JSON; counting 0 Neuron cores")
+        import logging
+
+        logging.getLogger("smtk").info("neuron-ls -j printed no JSON; counting 0 Neuron cores")
         return 0
     if not isinstance(devices, list):
         return 0

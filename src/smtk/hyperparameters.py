@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar, overload
 
+from smtk.config import describe, short_key
 from smtk.errors import ConfigError
 
 SOURCE = "hyperparameters.json"
@@ -47,6 +49,11 @@ _MISSING: Any = object()
 
 _TRUE = frozenset({"true", "1", "yes", "y", "on"})
 _FALSE = frozenset({"false", "0", "no", "n", "off"})
+# ASCII only, no "_" separators: int()/float() alone would accept "1_000" and "١٢".
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(
+    r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.I
+)
 
 
 def decode_value(value: Any) -> Any:
@@ -57,6 +64,50 @@ def decode_value(value: Any) -> Any:
         return json.loads(value)
     except ValueError:
         return value
+
+
+def decode_all(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Decode every value of ``hyperparameters.json``, rejecting what no process could receive.
+
+    Raises :class:`ConfigError` (naming the key) for a key containing ``=`` (it could not
+    be the name of its ``SM_HP_*`` variable), for a value nested too deeply to decode, and
+    for NUL characters or unpaired surrogates inside a JSON-encoded value (they cannot be
+    passed in argv or an environment variable).
+    """
+    decoded: dict[str, Any] = {}
+    for key, value in raw.items():
+        if "=" in key:
+            raise ConfigError(
+                SOURCE,
+                short_key(key),
+                "a name without '=' (it names the SM_HP_* variable)",
+                "<'=' in the name>",
+            )
+        try:
+            result = decode_value(value)
+        except RecursionError:
+            raise ConfigError(
+                SOURCE, short_key(key), "JSON nested at most a few hundred levels", "<deeper nesting>"
+            ) from None
+        if result is not value and isinstance(value, str) and "\\u" in value:
+            _check_text(result, short_key(key))
+        decoded[key] = result
+    return decoded
+
+
+def _check_text(value: Any, key: str) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ConfigError(SOURCE, key, "text without NUL characters", "<a NUL character (\\u0000)>")
+        if any("\ud800" <= char <= "\udfff" for char in value):
+            raise ConfigError(SOURCE, key, "valid Unicode text", "<an unpaired surrogate (\\ud800-\\udfff)>")
+    elif isinstance(value, dict):
+        for child_key, child in value.items():
+            _check_text(child_key, key)
+            _check_text(child, key)
+    elif isinstance(value, list):
+        for child in value:
+            _check_text(child, key)
 
 
 def is_reserved(key: str) -> bool:
@@ -99,11 +150,14 @@ class Hyperparameters(dict[str, Any]):
 
     @classmethod
     def from_raw(cls, raw: Mapping[str, Any]) -> Hyperparameters:
-        return cls({k: decode_value(v) for k, v in raw.items()}, raw)
+        """Decode stored values (see :func:`decode_all`) and keep the stored form too."""
+        return cls(decode_all(raw), raw)
 
     def raw(self, key: str) -> Any:
         """The value as stored in ``hyperparameters.json`` (before decoding)."""
-        return self._raw.get(key, self[key])
+        if key in self._raw:
+            return self._raw[key]
+        return self[key]
 
     # -- typed access ----------------------------------------------------------------
 
@@ -114,6 +168,10 @@ class Hyperparameters(dict[str, Any]):
             raise ConfigError(SOURCE, key, expected, "<nothing: the hyperparameter is not set>")
         return False, default
 
+    @overload
+    def get_str(self, key: str) -> str: ...
+    @overload
+    def get_str(self, key: str, default: T) -> str | T: ...
     def get_str(self, key: str, default: Any = _MISSING) -> Any:
         """The value as text: a decoded string, else the raw stored string."""
         present, value = self._lookup(key, default, "a string")
@@ -124,6 +182,10 @@ class Hyperparameters(dict[str, Any]):
             return raw
         return json.dumps(value)
 
+    @overload
+    def get_bool(self, key: str) -> bool: ...
+    @overload
+    def get_bool(self, key: str, default: T) -> bool | T: ...
     def get_bool(self, key: str, default: Any = _MISSING) -> Any:
         """``true``/``false`` in any case, JSON booleans, ``1``/``0``, ``yes``/``no``, ``on``/``off``."""
         expected = "a boolean (true/false, 1/0, yes/no)"
@@ -142,6 +204,10 @@ class Hyperparameters(dict[str, Any]):
                 return False
         raise ConfigError(SOURCE, key, expected, _show(self.raw(key)))
 
+    @overload
+    def get_int(self, key: str) -> int: ...
+    @overload
+    def get_int(self, key: str, default: T) -> int | T: ...
     def get_int(self, key: str, default: Any = _MISSING) -> Any:
         """An integer: ``10``, ``"10"``, ``"\\"10\\""`` or ``10.0``; never a boolean."""
         expected = "an integer"
@@ -153,6 +219,10 @@ class Hyperparameters(dict[str, Any]):
             raise ConfigError(SOURCE, key, expected, _show(self.raw(key)))
         return result
 
+    @overload
+    def get_float(self, key: str) -> float: ...
+    @overload
+    def get_float(self, key: str, default: T) -> float | T: ...
     def get_float(self, key: str, default: Any = _MISSING) -> Any:
         """A number: ``0.001``, ``"1e-5"``, ``3``; never a boolean."""
         expected = "a number"
@@ -164,8 +234,12 @@ class Hyperparameters(dict[str, Any]):
             raise ConfigError(SOURCE, key, expected, _show(self.raw(key)))
         return result
 
+    @overload
+    def get_list(self, key: str, item_type: Callable[[Any], Any] | None = None) -> list[Any]: ...
+    @overload
+    def get_list(self, key: str, item_type: Callable[[Any], Any] | None, default: T) -> list[Any] | T: ...
     def get_list(
-        self, key: str, item_type: Callable[[Any], T] | None = None, default: Any = _MISSING
+        self, key: str, item_type: Callable[[Any], Any] | None = None, default: Any = _MISSING
     ) -> Any:
         """A list: a JSON array (``"[64, 32]"``) or comma-separated text (``"64,32"``).
 
@@ -191,22 +265,40 @@ class Hyperparameters(dict[str, Any]):
         return converted
 
     def get_json(self, key: str, default: Any = _MISSING) -> Any:
-        """A JSON value; a string that is itself JSON (double-encoded) is decoded once more."""
+        """A JSON value.
+
+        A decoded value that is a string holding JSON (a JSON document passed as a
+        string through the SDK, so encoded twice) is decoded once more; a string that
+        was validly JSON-encoded but holds no JSON (``"\\"adam\\""``) is returned as is.
+        A raw value that is not JSON at all (``adam``, ``True``) is an error.
+        """
         expected = "a JSON value"
         present, value = self._lookup(key, default, expected)
-        if not present:
+        if not present or not isinstance(value, str):
             return value
-        if isinstance(value, str):
-            try:
-                return json.loads(value)
-            except ValueError:
-                raise ConfigError(SOURCE, key, expected, _show(self.raw(key))) from None
-        return value
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+        except RecursionError:
+            raise ConfigError(SOURCE, key, expected, "<JSON nested too deeply>") from None
+        if self._was_json(key):
+            return value
+        raise ConfigError(SOURCE, key, expected, _show(self.raw(key)))
+
+    def _was_json(self, key: str) -> bool:
+        raw = self._raw.get(key)
+        if not isinstance(raw, str):
+            return True
+        try:
+            json.loads(raw)
+        except (ValueError, RecursionError):
+            return False
+        return True
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return describe(value)
 
 
 def _to_int(value: Any) -> int | None:
@@ -219,10 +311,12 @@ def _to_int(value: Any) -> int | None:
     if isinstance(value, str):
         text = value.strip()
         try:
-            return int(text)
-        except ValueError:
-            decoded = decode_value(text)
-            return None if isinstance(decoded, str) else _to_int(decoded)
+            if _INT_TEXT.fullmatch(text):
+                return int(text)
+            if _FLOAT_TEXT.fullmatch(text):  # "1e3", "10.0"
+                return _to_int(float(text))
+        except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+            return None
     return None
 
 
@@ -232,10 +326,9 @@ def _to_float(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
+        text = value.strip()
+        if _INT_TEXT.fullmatch(text) or _FLOAT_TEXT.fullmatch(text):
+            return float(text)
     return None
 
 

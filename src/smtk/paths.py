@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DEFAULT_ROOT = "/opt/ml"
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 
 
-@dataclass(frozen=True)
-class Paths:
-    """Every well-known location of one job tree, derived from its root."""
+class Paths(NamedTuple):
+    """Every well-known location of one job tree, derived from its root (an immutable value)."""
 
     root: str = DEFAULT_ROOT
 
