@@ -1,0 +1,283 @@
+"""Record readers and writers: round trips over every kind of source, and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smtk.channels.records import (
+    RECORDIO_MAGIC,
+    ChannelError,
+    RecordError,
+    encode_recordio,
+    encode_tfrecord,
+    open_records,
+    write_records,
+)
+from tests.unit.test_crc32c import bitwise_crc32c
+
+MAGIC = struct.pack("<I", RECORDIO_MAGIC)
+
+
+class Trickle(io.RawIOBase):
+    """A stream that hands out at most `step` bytes per read, like a slow pipe."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data = data
+        self._pos = 0
+        self._step = step
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._step if size < 0 else min(size, self._step)
+        chunk = self._data[self._pos : self._pos + size]
+        self._pos += len(chunk)
+        return chunk
+
+
+def sources(data: bytes, tmp_path: Path) -> list[Any]:
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    return [data, io.BytesIO(data), str(path), path, Trickle(data, 3), Trickle(data, 1000)]
+
+
+payloads = st.lists(st.binary(max_size=70), max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(payloads, st.sampled_from([1, 5, 64, 1 << 20]))
+def test_recordio_round_trip_any_chunking(records: list[bytes], chunk: int) -> None:
+    data = b"".join(encode_recordio(r) for r in records)
+    assert list(open_records(data, "recordio", chunk_size=chunk)) == records
+    assert list(open_records(Trickle(data, 7), "recordio", chunk_size=chunk)) == records
+
+
+@settings(max_examples=60, deadline=None)
+@given(payloads, st.sampled_from([1, 13, 1 << 20]))
+def test_tfrecord_round_trip_any_chunking(records: list[bytes], chunk: int) -> None:
+    data = b"".join(encode_tfrecord(r) for r in records)
+    assert list(open_records(data, "tfrecord", chunk_size=chunk)) == records
+    assert list(open_records(Trickle(data, 5), "tfrecord", check_crc=False)) == records
+
+
+def test_every_source_kind(tmp_path: Path) -> None:
+    records = [os.urandom(n) for n in (0, 1, 3, 4, 5, 100, 70_000)]
+    data = b"".join(encode_recordio(r) for r in records)
+    for source in sources(data, tmp_path):
+        assert list(open_records(source, "recordio", chunk_size=4096)) == records
+    fd = os.open(tmp_path / "data.bin", os.O_RDONLY)
+    try:
+        assert list(open_records(fd, "recordio")) == records
+    finally:
+        os.close(fd)
+
+
+def test_recordio_layout_matches_the_format() -> None:
+    encoded = encode_recordio(b"abcde")
+    assert encoded == MAGIC + struct.pack("<I", 5) + b"abcde" + b"\0\0\0"
+    assert len(encode_recordio(b"abcd")) == 12
+
+
+def test_tfrecord_layout_matches_an_independent_encoder() -> None:
+    def masked(data: bytes) -> int:
+        crc = bitwise_crc32c(data)
+        return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+    payload = b"hello tfrecord"
+    length = struct.pack("<Q", len(payload))
+    expected = length + struct.pack("<I", masked(length)) + payload + struct.pack("<I", masked(payload))
+    assert encode_tfrecord(payload) == expected
+
+
+@given(st.lists(st.binary(max_size=40).map(lambda b: b + MAGIC * 2 + b), max_size=6))
+def test_multipart_records_are_joined(records: list[bytes]) -> None:
+    data = b"".join(encode_recordio(r, split_magic=True) for r in records)
+    assert list(open_records(Trickle(data, 9), "recordio", chunk_size=16)) == records
+
+
+def test_multipart_by_hand() -> None:
+    def part(flag: int, body: bytes) -> bytes:
+        return MAGIC + struct.pack("<I", (flag << 29) | len(body)) + body + b"\0" * (-len(body) & 3)
+
+    data = part(1, b"abcd") + part(2, b"") + part(3, b"xy") + part(0, b"solo")
+    assert list(open_records(data, "recordio")) == [b"abcd" + MAGIC + MAGIC + b"xy", b"solo"]
+    with pytest.raises(RecordError, match="continuation part with no start"):
+        list(open_records(part(3, b"xy"), "recordio"))
+    with pytest.raises(RecordError, match=r"byte offset 12: expected a continuation part .* found 0"):
+        list(open_records(part(1, b"abcd") + part(0, b"x"), "recordio"))
+    with pytest.raises(RecordError, match="ended inside the multipart record that starts at 0"):
+        list(open_records(part(1, b"abcd"), "recordio"))
+
+
+def test_recordio_truncation_says_where() -> None:
+    data = encode_recordio(b"first") + encode_recordio(b"x" * 100)
+    with pytest.raises(RecordError) as info:
+        list(open_records(data[:-10], "recordio"))
+    assert info.value.offset == 16
+    assert "byte offset 16" in str(info.value)
+    assert "100 bytes of payload" in str(info.value)
+    with pytest.raises(RecordError, match=r"byte offset 16: truncated RecordIO header: 5 of 8"):
+        list(open_records(data[:21], "recordio"))
+    # The reader hands out the good records before the error.
+    reader = open_records(Trickle(data[:-1], 4), "recordio")
+    seen = []
+    with pytest.raises(RecordError):
+        for record in reader:
+            seen.append(record)
+    assert seen == [b"first"]
+
+
+def test_recordio_bad_magic_says_where_and_why() -> None:
+    data = encode_recordio(b"ok") + b"NOTMAGIC" + b"\0" * 8
+    with pytest.raises(
+        RecordError, match=r"byte offset 12: expected the RecordIO magic .* found 0x4D544F4E"
+    ) as info:
+        list(open_records(data, "recordio"))
+    assert "RecordWrapperType" in str(info.value)
+
+
+def corrupt(data: bytes, index: int) -> bytes:
+    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]
+
+
+def test_tfrecord_data_crc_error_names_offset_and_can_be_skipped() -> None:
+    records = [b"a" * 10, b"b" * 20, b"c" * 30]
+    encoded = [encode_tfrecord(r) for r in records]
+    second = len(encoded[0])
+    data = b"".join(encoded)
+    bad = corrupt(data, second + 12 + 3)  # inside the second record's data
+    with pytest.raises(RecordError, match=rf"byte offset {second}: TFRecord data CRC mismatch") as info:
+        list(open_records(bad, "tfrecord"))
+    assert info.value.offset == second
+    reader = open_records(Trickle(bad, 11), "tfrecord", skip_corrupt=True)
+    assert list(reader) == [records[0], records[2]]
+    assert reader.skipped == 1
+    assert reader.count == 2
+    assert list(open_records(bad, "tfrecord", check_crc=False))[1] != records[1]
+
+
+def test_tfrecord_length_crc_error_is_fatal_even_when_skipping() -> None:
+    data = encode_tfrecord(b"x" * 5) + encode_tfrecord(b"y" * 5)
+    bad = corrupt(data, 21 + 9)  # the second record's length CRC
+    with pytest.raises(RecordError, match="byte offset 21: TFRecord length CRC mismatch"):
+        list(open_records(bad, "tfrecord", skip_corrupt=True))
+
+
+def test_tfrecord_truncation_says_where() -> None:
+    data = encode_tfrecord(b"x" * 50) + encode_tfrecord(b"y" * 50)
+    with pytest.raises(RecordError, match=r"byte offset 66: truncated TFRecord: .* 50 bytes"):
+        list(open_records(data[:-1], "tfrecord"))
+    with pytest.raises(RecordError, match=r"byte offset 66: truncated TFRecord header: 3 of 12"):
+        list(open_records(data[:69], "tfrecord"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=30).filter(lambda b: b"\n" not in b), max_size=15), st.booleans())
+def test_lines(lines: list[bytes], final_newline: bool) -> None:
+    data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    expected = data.split(b"\n")
+    if expected and expected[-1] == b"":
+        expected.pop()
+    assert list(open_records(Trickle(data, 4), "lines", chunk_size=8)) == expected
+    assert list(open_records(data, "lines")) == expected
+
+
+def test_chunks_reassemble(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    for source in sources(data, tmp_path):
+        reader = open_records(source, "chunks", chunk_size=65536)
+        chunks = list(reader)
+        assert b"".join(chunks) == data
+        assert all(len(c) <= 65536 for c in chunks)
+        assert reader.offset == len(data)
+
+
+def test_manifest_json_lines() -> None:
+    lines = [{"source-ref": "s3://b/1.jpg", "label": 1}, {"source-ref": "s3://b/2.jpg", "label": 0}]
+    data = ("\n".join(json.dumps(x) for x in lines) + "\n\n").encode()
+    assert list(open_records(data, "manifest")) == lines
+    assert list(open_records(data, "manifest", attribute_names=["label"])) == [{"label": 1}, {"label": 0}]
+    with pytest.raises(ChannelError, match="manifest line 2 lacks attribute"):
+        list(open_records(data.replace(b'"label": 0', b'"other": 0'), "manifest", attribute_names=["label"]))
+    with pytest.raises(ChannelError, match="manifest line 1 is not valid JSON"):
+        list(open_records(b"{nope\n", "manifest"))
+
+
+def test_manifest_recordio_regroups_attributes() -> None:
+    names = ["source-ref", "class"]
+    rows = [(os.urandom(50), b"1"), (b"", b"0"), (os.urandom(7), b"2")]
+    data = b"".join(encode_recordio(value) for row in rows for value in row)
+    reader = open_records(Trickle(data, 6), "manifest", attribute_names=names, record_wrapper="RecordIO")
+    assert list(reader) == [dict(zip(names, row, strict=True)) for row in rows]
+    assert reader.count == 3
+    with pytest.raises(
+        RecordError, match=r"ended after 1 of 2 attributes \(source-ref, class\) of manifest line 3"
+    ):
+        list(
+            open_records(
+                data[: -len(encode_recordio(b"2"))],
+                "manifest",
+                attribute_names=names,
+                record_wrapper="RecordIO",
+            )
+        )
+    with pytest.raises(ChannelError, match="needs attribute_names"):
+        open_records(data, "manifest", record_wrapper="RecordIO")
+
+
+def test_a_reader_is_one_pass_and_closes_what_it_opened(tmp_path: Path) -> None:
+    path = tmp_path / "r.rec"
+    with path.open("wb") as sink:
+        write_records(sink, [b"a", b"b"], "recordio")
+    reader = open_records(str(path), "recordio")
+    assert list(reader) == [b"a", b"b"]
+    with pytest.raises(ChannelError, match="already iterated"):
+        iter(reader)
+    before = set(os.listdir("/proc/self/fd"))
+    with open_records(str(path), "recordio") as early:
+        next(iter(early))
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_unknown_format_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ChannelError, match="unknown record format 'parquet'"):
+        open_records(b"", "parquet")
+    with pytest.raises(ChannelError, match=r"cannot open .*missing"):
+        open_records(str(tmp_path / "missing"), "recordio")
+
+
+@pytest.mark.parametrize("fmt", ["recordio", "tfrecord"])
+def test_write_records_round_trip(fmt: str) -> None:
+    records = [os.urandom(n) for n in range(0, 3000, 7)]
+    sink = io.BytesIO()
+    size = write_records(sink, records, fmt)
+    assert size == len(sink.getvalue())
+    assert list(open_records(sink.getvalue(), fmt)) == records
+
+
+@pytest.mark.parametrize("length", [0, 3, 8, 100])
+def test_runs_of_same_length_records(length: int) -> None:
+    # Long runs of equal-length records take the bulk path; payloads that contain the
+    # header/padding pattern itself must still come out whole.
+    header = struct.pack("<II", RECORDIO_MAGIC, length)
+    tricky = (b"\0" * 3 + header) * 20
+    records = [os.urandom(length) for _ in range(150)]
+    if length >= len(header) + 3:
+        records[40] = tricky[:length]
+        records[41] = tricky[5 : 5 + length]
+    data = b"".join(encode_recordio(r) for r in records) + encode_recordio(b"different length!")
+    assert list(open_records(data, "recordio")) == [*records, b"different length!"]
+    assert list(open_records(Trickle(data, 4096), "recordio", chunk_size=1000)) == [
+        *records,
+        b"different length!",
+    ]
