@@ -147,3 +147,47 @@ def test_s3_channel_is_downloaded(project: Path, s3_server: S3Server) -> None:
     data = project / "job" / "algo-1" / "input" / "data" / "train"
     assert (data / "part-0.csv").read_bytes() == b"1\n"
     assert (data / "nested" / "part-1.csv").read_bytes() == b"2\n"
+
+
+PIPE_SCRIPT = """
+import json, os
+import smtk.channels
+from smtk.channels.records import open_records
+train = smtk.channels.get("train")
+assert train.mode == "Pipe", train.mode
+counts = []
+for epoch in train.epochs(count=3):
+    counts.append(sum(1 for _ in epoch.records("recordio")))
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "counts.json"), "w") as f:
+    json.dump(counts, f)
+print("epochs read", counts)
+"""
+
+
+def test_pipe_channel_is_fed_beside_the_job(project: Path) -> None:
+    (project / "src" / "pipe_train.py").write_text(PIPE_SCRIPT)
+    records = project / "records"
+    records.mkdir()
+    for index in range(3):
+        (records / f"part-{index}.bin").write_bytes(b"payload %d" % index)
+    spec = {
+        "HyperParameters": {"sagemaker_program": "pipe_train.py", "sagemaker_submit_directory": "src"},
+        "InputDataConfig": [
+            {
+                "ChannelName": "train",
+                "InputMode": "Pipe",
+                "RecordWrapperType": "RecordIO",
+                "DataSource": {"S3DataSource": {"S3Uri": "records"}},
+            }
+        ],
+    }
+    (project / "pipe.json").write_text(json.dumps(spec))
+    proc = smtk_local("--spec", "pipe.json", "--job-dir", "job", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    counts = json.loads((project / "job" / "algo-1" / "model" / "counts.json").read_text())
+    assert counts == [3, 3, 3]  # every file is one RecordIO record, in every epoch
+    assert not list((project / "job" / "algo-1" / "input" / "data").glob("train_*")), "FIFOs left behind"
+    config = json.loads(
+        (project / "job" / "algo-1" / "input" / "config" / "inputdataconfig.json").read_text()
+    )
+    assert config["train"]["TrainingInputMode"] == "Pipe"

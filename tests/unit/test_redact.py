@@ -25,7 +25,8 @@ def test_secret_names(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["epochs", "keyword", "monkey", "max_tokens", "SM_HP_LR", "keys", "ssh_key_path", "tokenizer"]
+    "name",
+    ["epochs", "keyword", "monkey", "max_tokens", "SM_HP_LR", "keys", "ssh_key_path", "tokenizer", "PWD"],
 )
 def test_ordinary_names(name: str) -> None:
     assert not is_secret_name(name)

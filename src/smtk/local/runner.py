@@ -16,12 +16,15 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
 from smtk.launch.plan import LaunchPlan
 from smtk.launch.process import StopController, run, settings_grace_period
 from smtk.local.layout import HostTree, lay_out
-from smtk.local.spec import JobSpec
+from smtk.local.spec import ChannelSpec, JobSpec
+
+if TYPE_CHECKING:
+    from smtk.pipefeed import PipeFeeder
 
 logger = logging.getLogger("smtk")
 
@@ -52,36 +55,46 @@ def train_environment(spec: JobSpec, tree: HostTree, environ: Mapping[str, str])
 
 def _start_feeders(
     spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str], epochs: int | None
-) -> list[Any]:
+) -> list[PipeFeeder]:
     pipes = [c for c in spec.channels if c.input_mode == "Pipe"]
     if not pipes:
         return []
-    from smtk.pipefeed import PipeFeeder
-
-    feeders = []
-    for tree in trees:
-        for channel in pipes:
-            feeder = PipeFeeder(
-                channel=channel.name,
-                source=channel.source,
-                data_dir=os.path.join(tree.root, "input", "data"),
-                epochs=epochs or UNLIMITED_EPOCHS,
-                record_wrapper=channel.record_wrapper,
-                distribution=channel.distribution,
-                host_index=tree.index,
-                host_count=len(trees),
-                environ=environ,
-            )
-            feeder.start()
-            feeders.append(feeder)
+    feeders: list[PipeFeeder] = []
+    try:
+        for tree in trees:
+            for channel in pipes:
+                feeders.append(_feeder(channel, tree, len(trees), environ, epochs))
+    except BaseException:
+        _stop_feeders(feeders)
+        raise
     logger.info("feeding %d Pipe channel(s) on %d host(s)", len(pipes), len(trees))
     return feeders
 
 
-def _stop_feeders(feeders: list[Any]) -> None:
+def _feeder(
+    channel: ChannelSpec, tree: HostTree, host_count: int, environ: Mapping[str, str], epochs: int | None
+) -> PipeFeeder:
+    from smtk.pipefeed import PipeFeeder
+
+    feeder = PipeFeeder(
+        channel=channel.name,
+        source=channel.source,
+        data_dir=os.path.join(tree.root, "input", "data"),
+        epochs=epochs or UNLIMITED_EPOCHS,
+        record_wrapper=channel.record_wrapper,
+        distribution=channel.distribution,
+        host_index=tree.index,
+        host_count=host_count,
+        environ=environ,
+    )
+    feeder.start()
+    return feeder
+
+
+def _stop_feeders(feeders: list[PipeFeeder]) -> None:
     for feeder in feeders:
         feeder.stop()
-        error = getattr(feeder, "error", None)
+        error = feeder.error
         if error is not None:
             logger.warning("pipe feeder: %s", error)
 
