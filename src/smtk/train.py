@@ -96,7 +96,13 @@ def _run_job(env: Environment, stop: StopController, started: float, secrets: li
     finally:
         if sync is not None:
             outcome = _stop_sync(sync, stop, outcome)
-    return report.finish(paths, outcome, secrets)
+    status = report.finish(paths, outcome, secrets)
+    if "smtk.launch.worker" in sys.modules:  # an MPI master: its workers wait for this
+        from smtk.launch.worker import publish_outcome
+
+        reason = None if outcome.success else "; ".join(report.render_failure(outcome).splitlines()[:2])
+        publish_outcome(status, reason)
+    return status
 
 
 def _prepare_tree(paths: Paths) -> None:
@@ -132,6 +138,10 @@ def _execute(env: Environment, stop: StopController, started: float, secrets: li
 
         cluster.wait_for_peers(env, plan)
         _check_stop(stop)
+    if plan.kind in ("torchrun", "mpi"):
+        from smtk.launch import rank as rank_wrapper
+
+        rank_wrapper.clear_failures(env.paths.root)
     result = run(plan, stop=stop, secrets=secrets)
     seconds = time.monotonic() - started
     if result.stopped_by is not None:
@@ -146,12 +156,19 @@ def _execute(env: Environment, stop: StopController, started: float, secrets: li
         code_dir=env.paths.code_dir,
         what=_describe_entry(plan),
     )
+    host, failed_rank = env.current_host, None
+    if plan.kind in ("torchrun", "mpi"):
+        # Name the first rank that failed (its wrapper announced it), not the launcher.
+        found = rank_wrapper.locate_failure(result.stderr_tail, env.paths.root)
+        if found is not None:
+            host, failed_rank, cause = found
     return report.Outcome(
         success=False,
         exit_status=result.exit_status,
         cause=cause,
         category=category,
-        host=env.current_host,
+        host=host,
+        rank=failed_rank,
         signal=result.signal,
         stderr_tail=result.stderr_tail[-40:],
         retryable=retryable,

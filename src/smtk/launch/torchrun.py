@@ -78,6 +78,8 @@ def build_plan(env: Environment, entry: EntryPoint, python: str = sys.executable
     if "NCCL_SOCKET_IFNAME" not in env.environ:
         values["NCCL_SOCKET_IFNAME"] = env.network_interface_name
     values["SMTK_NPROC_PER_HOST"] = str(nproc)
+    # Where rank wrappers announce a failure (see smtk.cluster.announce_failure).
+    values["SMTK_JOB_HOSTS"] = ",".join(hosts)
     return LaunchPlan(
         kind="torchrun",
         argv=tuple(argv),
@@ -90,6 +92,8 @@ def build_plan(env: Environment, entry: EntryPoint, python: str = sys.executable
         notes=(
             f"torchrun: host {rank} of {len(hosts)} ({', '.join(hosts)}), {nproc} processes per host",
             f"master {env.master_hostname} at {cluster.address_of(env.master_hostname, env.environ)}"
-            f":{cluster.master_port(env.environ)}" if len(hosts) > 1 else "single host: --standalone",
+            f":{cluster.master_port(env.environ)}"
+            if len(hosts) > 1
+            else "single host: --standalone",
         ),
     )

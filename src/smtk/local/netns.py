@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -59,10 +60,9 @@ def available() -> str | None:
     """``None`` when namespaces can be made here, else why not."""
     if os.geteuid() != 0:
         return "network namespaces need root"
+    search = f"{os.environ.get('PATH', os.defpath)}{os.pathsep}/usr/sbin{os.pathsep}/sbin"
     for tool in ("ip", "unshare", "nsenter"):
-        if not any(
-            os.access(os.path.join(d, tool), os.X_OK) for d in os.defpath.split(os.pathsep) + ["/sbin"]
-        ):
+        if shutil.which(tool, path=search) is None:
             return f"{tool} is not installed (iproute2 / util-linux)"
     probe = f"{PREFIX}probe{os.getpid()}-{next(_counter)}"
     try:
@@ -230,6 +230,7 @@ class Namespaces:
         self, host: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None, **kwargs: object
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` inside ``host``."""
-        return subprocess.Popen(
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
             self.command(host, argv), env=dict(env) if env is not None else None, **kwargs
-        )  # type: ignore[call-overload, no-any-return]
+        )
+        return proc
