@@ -46,6 +46,7 @@ from types import FrameType
 from typing import Any
 
 from smtk.errors import ConfigError
+from smtk.redact import redact_argv, secret_values
 
 logger = logging.getLogger("smtk")
 
@@ -185,7 +186,8 @@ def run_in_container(
         options=engine_args(),
         extra_args=extra_args,
     )
-    logger.info("container: %s", shlex.join(argv))
+    # Values never are on argv, but SMTK_CONTAINER_ARGS may carry an option with a secret.
+    logger.info("container: %s", shlex.join(redact_argv(argv, secret_values(os.environ, environ))))
     forwarder = _Forwarder(path, container, stop_timeout)
     with forwarder:
         # The engine's own session: a terminal's Ctrl-C reaches only smtk, which forwards it

@@ -1,0 +1,108 @@
+"""run_in_container's process handling with a fake engine (a shell script standing in for
+podman/docker: the narrowest seam): exit status, values through the environment, and
+SIGTERM forwarded as ``<engine> kill --signal`` then escalated to KILL after the grace period.
+The real engine is exercised in test_container.py."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from smtk.local.container import run_in_container
+from tests.helpers.jobtree import clean_env, make_tree
+
+#: A container that ignores SIGTERM: "run" waits until "kill --signal KILL" arrives.
+STUBBORN_ENGINE = """#!/bin/sh
+state={state}
+case "$1" in
+    run)
+        trap '' TERM INT
+        touch "$state/running"
+        while [ ! -e "$state/killed" ]; do sleep 0.05; done
+        exit 137 ;;
+    kill)
+        echo "$3 $4" >> "$state/signals"
+        [ "$3" = KILL ] && touch "$state/killed"
+        exit 0 ;;
+esac
+exit 1
+"""
+
+
+def test_exit_status_and_values_through_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_tree(tmp_path)
+    seen = tmp_path / "seen"
+    engine = tmp_path / "engine"
+    engine.write_text(f'#!/bin/sh\nprintf "%s|%s" "$*" "$API_TOKEN" > {seen}\nexit 7\n')
+    engine.chmod(0o755)
+    monkeypatch.delenv("SMTK_CONTAINER_ARGS", raising=False)
+
+    status = run_in_container(
+        "img", str(root), environ={"API_TOKEN": "s3cret"}, engine=str(engine), name="c1"
+    )
+
+    assert status == 7
+    args, token = seen.read_text().split("|")
+    assert token == "s3cret"
+    assert "s3cret" not in args
+    assert args.startswith("run --rm --name c1 -v ")
+    assert args.endswith("-e API_TOKEN img train")
+
+
+def test_sigterm_is_forwarded_then_escalated_to_kill(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "job")
+    state = tmp_path / "state"
+    state.mkdir()
+    engine = tmp_path / "engine"
+    engine.write_text(STUBBORN_ENGINE.format(state=state))
+    engine.chmod(0o755)
+    runner = (
+        "import sys\n"
+        "from smtk.local.container import run_in_container\n"
+        "sys.exit(run_in_container('img', sys.argv[1], environ={}, engine=sys.argv[2], name='c2',\n"
+        "                          stop_timeout=1))\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", runner, str(root), str(engine)], env=clean_env())
+    try:
+        deadline = time.monotonic() + 120
+        while not (state / "running").exists():
+            assert child.poll() is None, f"runner exited early with {child.returncode}"
+            assert time.monotonic() < deadline, "the fake container never started"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGTERM)
+        status = child.wait(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+    assert status == 137
+    assert (state / "signals").read_text().splitlines() == ["SIGTERM c2", "KILL c2"]
+
+
+def test_logged_command_line_has_no_secret_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = make_tree(tmp_path)
+    engine = tmp_path / "engine"
+    engine.write_text("#!/bin/sh\nexit 0\n")
+    engine.chmod(0o755)
+    # A user who put a secret into the engine options: the value must not reach the log.
+    monkeypatch.setenv("SMTK_CONTAINER_ARGS", "--env DB_PASSWORD=hunter2-long --label team=ml")
+
+    with caplog.at_level("INFO", logger="smtk"):
+        status = run_in_container(
+            "img", str(root), environ={"DB_PASSWORD": "hunter2-long"}, engine=str(engine), name="c3"
+        )
+
+    assert status == 0
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("container: ")]
+    assert "hunter2-long" not in line
+    assert "--label team=ml" in line
