@@ -32,5 +32,4 @@ def child_env(env: Environment, launcher: str) -> dict[str, str]:
     values["SMTK_HOST_INDEX"] = str(hosts.index(env.current_host))
     values["SMTK_NUM_HOSTS"] = str(len(hosts))
     values["SMTK_MASTER_HOST"] = env.master_hostname
-    values["SMTK_ERROR_FILE"] = os.path.join(env.paths.output_dir, ".smtk-error.json")
     return values
