@@ -3,10 +3,8 @@
 What runs (argv lists, cwd = the code dir, stdin closed, the job's interpreter):
 
 - ``package`` entry point: ``<py> -m pip install . [-r requirements.txt]``;
-- ``python`` entry point with a ``requirements.txt``: ``<py> -m pip install -r requirements.txt``;
-- ``shell`` and ``function`` entry points: nothing, as in the reference (a shell script
-  often installs its requirements itself, with its own index settings; a framework
-  function does its own installs).
+- any other entry point with a ``requirements.txt``: ``<py> -m pip install -r requirements.txt``
+  (CONTRACT.md section 4; the reference skipped shell scripts and function entry points).
 
 ``SMTK_PIP_ARGS`` adds options to every install (split like a shell would, e.g.
 ``--no-index --find-links /wheels``); pip reads ``PIP_INDEX_URL`` and its other

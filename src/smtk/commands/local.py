@@ -7,7 +7,7 @@
     smtk local --spec job.json [--instance-count 2] [--image my-image]
 
 It lays out one ``/opt/ml`` tree per host under ``--job-dir`` (default
-``smtk-jobs/<job-name>``), runs ``train`` for each host, streams the logs and prints
+``smtk-jobs/<job-name>-<YYYYmmdd-HHMMSS>``), runs ``train`` for each host, streams the logs and prints
 where ``model/``, ``output/data`` and the failure reason are. Its exit status is the
 job's.
 """
