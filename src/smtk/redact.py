@@ -20,7 +20,6 @@ _SECRET_PARTS = frozenset(
     {
         "password",
         "passwd",
-        "pwd",
         "secret",
         "token",
         "key",

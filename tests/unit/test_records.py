@@ -281,3 +281,91 @@ def test_runs_of_same_length_records(length: int) -> None:
         *records,
         b"different length!",
     ]
+
+
+@pytest.mark.parametrize("length", [0, 5, 100])
+@pytest.mark.parametrize("backend", ["auto", "python"])
+def test_tfrecord_runs_check_every_crc(length: int, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run of same-length records has its data CRCs checked all at once; a flipped bit
+    # anywhere in any record's data or stored CRC must still be caught, at the right offset.
+    from smtk.channels import crc32c as crc_module
+
+    monkeypatch.setenv("SMTK_CRC32C", backend)
+    crc_module._get_backend.cache_clear()
+    try:
+        records = [os.urandom(length) for _ in range(70)]
+        encoded = [encode_tfrecord(r) for r in records]
+        data = b"".join(encoded)
+        stride = len(encoded[0])
+        assert list(open_records(data, "tfrecord")) == records
+        for index, where in ((0, 12), (33, 12 + length // 2), (69, 12 + length), (50, stride - 1)):
+            if where >= stride or (length == 0 and where < 12 + length):
+                continue
+            bad = corrupt(data, index * stride + where)
+            with pytest.raises(RecordError, match=rf"byte offset {index * stride}: TFRecord data CRC"):
+                list(open_records(bad, "tfrecord"))
+            reader = open_records(bad, "tfrecord", skip_corrupt=True)
+            assert list(reader) == records[:index] + records[index + 1 :]
+            assert reader.skipped == 1
+        # Two corrupt records in one run: both found.
+        bad = corrupt(corrupt(data, 3 * stride + 13 if length else 3 * stride + 12), 40 * stride + 12)
+        reader = open_records(bad, "tfrecord", skip_corrupt=True)
+        assert list(reader) == [r for i, r in enumerate(records) if i not in (3, 40)]
+        assert reader.skipped == 2
+    finally:
+        monkeypatch.delenv("SMTK_CRC32C")
+        crc_module._get_backend.cache_clear()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from([0, 1, 4, 7, 8, 64]), min_size=1, max_size=8), st.integers(1, 60))
+def test_tfrecord_mixed_runs_round_trip(lengths: list[int], repeat: int) -> None:
+    # Runs of different lengths one after another, cut anywhere by the chunking.
+    records = [os.urandom(n) for n in lengths for _ in range(repeat)]
+    data = b"".join(encode_tfrecord(r) for r in records)
+    assert list(open_records(data, "tfrecord")) == records
+    assert list(open_records(Trickle(data, 997), "tfrecord", chunk_size=1500)) == records
+    rio = b"".join(encode_recordio(r) for r in records)
+    assert list(open_records(Trickle(rio, 997), "recordio", chunk_size=1500)) == records
+
+
+@pytest.mark.parametrize("fmt", ["recordio", "tfrecord"])
+def test_big_records_read_straight_from_the_source(fmt: str, tmp_path: Path) -> None:
+    # Records of 64 KiB and more that are not buffered yet are read into their own bytes;
+    # mixed with small ones, from a file, a slow stream and bytes, they must come out whole.
+    sizes = [70_000, 3, 65_536, 200_001, 10, 10, 131_071, 0, 100_000, 100_000, 1]
+    records = [os.urandom(n) for n in sizes]
+    encode = encode_recordio if fmt == "recordio" else encode_tfrecord
+    data = b"".join(encode(r) for r in records)
+    for source in sources(data, tmp_path):
+        assert list(open_records(source, fmt, chunk_size=4096)) == records
+    assert list(open_records(Trickle(data, 50_000), fmt)) == records
+
+
+@pytest.mark.parametrize("fmt", ["recordio", "tfrecord"])
+def test_big_record_truncation_says_where(fmt: str) -> None:
+    encode = encode_recordio if fmt == "recordio" else encode_tfrecord
+    first = encode(os.urandom(100_000))
+    data = first + encode(os.urandom(100_001))
+    header = 8 if fmt == "recordio" else 12
+    for cut in (1, 2, 5, 50_000, 100_003 - header):
+        reader = open_records(Trickle(data[:-cut], 30_000), fmt, chunk_size=1024)
+        seen = []
+        with pytest.raises(RecordError, match=rf"byte offset {len(first)}: truncated") as info:
+            for record in reader:
+                seen.append(record)
+        assert len(seen) == 1
+        assert "100001 bytes" in str(info.value)
+
+
+def test_big_tfrecord_crc_error_and_skip() -> None:
+    records = [os.urandom(90_000) for _ in range(4)]
+    encoded = [encode_tfrecord(r) for r in records]
+    data = b"".join(encoded)
+    at = len(encoded[0]) * 2
+    bad = corrupt(data, at + 12 + 45_000)
+    with pytest.raises(RecordError, match=rf"byte offset {at}: TFRecord data CRC mismatch"):
+        list(open_records(Trickle(bad, 100_000), "tfrecord", chunk_size=1024))
+    reader = open_records(Trickle(bad, 100_000), "tfrecord", chunk_size=1024, skip_corrupt=True)
+    assert list(reader) == records[:2] + records[3:]
+    assert reader.skipped == 1
