@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtk import log, report
 from smtk.environment import Environment
@@ -35,12 +35,13 @@ from smtk.launch.process import StopController, run
 from smtk.paths import Paths
 from smtk.redact import redact_argv, secret_values
 
+if TYPE_CHECKING:
+    from smtk.sync import SyncHandle
+
 logger = logging.getLogger("smtk")
 
 #: Seconds the platform gives between its SIGTERM and its SIGKILL.
 PLATFORM_STOP_WINDOW = 120.0
-#: Default bound on the final sync flush when the job was not stopped.
-DEFAULT_FLUSH_TIMEOUT = 300.0
 
 
 class _Stopped(Exception):
@@ -80,9 +81,13 @@ def _run_job(env: Environment, stop: StopController, started: float, secrets: li
     paths = env.paths
     _prepare_tree(paths)
     report.clear_stale(paths)
-    sync: Any = None
+    sync: SyncHandle | None = None
     outcome: report.Outcome
     try:
+        # Restore first (a spot restart resumes from S3), then watch: the restored files
+        # are already in S3 and are not uploaded back.
+        _restore_checkpoints(env)
+        _check_stop(stop)
         sync = _start_sync(env)
         outcome = _execute(env, stop, started, secrets)
     except _Stopped as stopped:
@@ -94,14 +99,15 @@ def _run_job(env: Environment, stop: StopController, started: float, secrets: li
         logger.exception("internal error")
         outcome = report.from_internal_error(exc, host=env.current_host)
     finally:
+        if "smtk.peers" in sys.modules:  # multi-host: tell the peers at once, name the first failure
+            from smtk import peers
+
+            outcome = peers.settle(outcome)
         if sync is not None:
             outcome = _stop_sync(sync, stop, outcome)
     status = report.finish(paths, outcome, secrets)
-    if "smtk.launch.worker" in sys.modules:  # an MPI master: its workers wait for this
-        from smtk.launch.worker import publish_outcome
-
-        reason = None if outcome.success else "; ".join(report.render_failure(outcome).splitlines()[:2])
-        publish_outcome(status, reason)
+    if "smtk.peers" in sys.modules:  # the master keeps its outcome for hosts not yet told
+        peers.close()
     return status
 
 
@@ -119,11 +125,10 @@ def _check_stop(stop: StopController) -> None:
 
 
 def _execute(env: Environment, stop: StopController, started: float, secrets: list[str]) -> report.Outcome:
-    from smtk import codefetch, entry_point, install
+    from smtk import codefetch, entry_point, install, peers
     from smtk.launch import select
 
-    _restore_checkpoints(env)
-    _check_stop(stop)
+    peers.join(env, stop, secrets)  # multi-host: failures before the launch reach the peers too
     codefetch.fetch_code(env)
     _check_stop(stop)
     entry = entry_point.resolve(env)
@@ -275,10 +280,10 @@ def _restore_checkpoints(env: Environment) -> None:
 
     restored = restore_checkpoints(env)
     if restored is not None:
-        logger.info("%s", getattr(restored, "summary", lambda: restored)())
+        logger.info("%s", restored.summary())
 
 
-def _start_sync(env: Environment) -> Any:
+def _start_sync(env: Environment) -> SyncHandle | None:
     if not _wants_sync(env):
         return None
     from smtk.sync import start_sync
@@ -286,42 +291,30 @@ def _start_sync(env: Environment) -> Any:
     return start_sync(env)
 
 
-def _stop_sync(sync: Any, stop: StopController, outcome: report.Outcome) -> report.Outcome:
+def _stop_sync(sync: SyncHandle, stop: StopController, outcome: report.Outcome) -> report.Outcome:
+    budget: float | None = None  # the sync's own bound (SMTK_SYNC_FLUSH_SECONDS)
     if stop.first_at is not None:
         # Whatever is left of the platform's stop window, minus a margin for the outcome files.
-        budget = max(5.0, PLATFORM_STOP_WINDOW - (time.monotonic() - stop.first_at) - 5.0)
-    else:
-        budget = _flush_timeout()
+        left = max(5.0, PLATFORM_STOP_WINDOW - (time.monotonic() - stop.first_at) - 5.0)
+        budget = min(left, sync.settings.flush_seconds)
     try:
         sync_report = sync.stop(budget)
     except Exception as exc:  # sync trouble must never hide the job's outcome
         logger.error("output sync could not be stopped cleanly: %s", exc)
         return outcome
     logger.info("%s", sync_report.summary())
-    if outcome.success and getattr(sync_report, "fails_job", False):
+    if outcome.success and sync_report.fails_job:
         return report.Outcome(
             success=False,
             exit_status=1,
             cause=f"output sync failed: {sync_report.summary()} (SMTK_SYNC_STRICT is on)",
             category="sync-error",
             host=outcome.host,
+            stderr_tail=tuple(sync_report.errors[-10:]),
             retryable=True,
             seconds=outcome.seconds,
         )
     return outcome
-
-
-def _flush_timeout() -> float:
-    text = os.environ.get("SMTK_SYNC_FLUSH_TIMEOUT")
-    if not text:
-        return DEFAULT_FLUSH_TIMEOUT
-    try:
-        return max(1.0, float(text))
-    except ValueError:
-        logger.warning(
-            "SMTK_SYNC_FLUSH_TIMEOUT=%r is not a number; using %.0f s", text, DEFAULT_FLUSH_TIMEOUT
-        )
-        return DEFAULT_FLUSH_TIMEOUT
 
 
 if __name__ == "__main__":

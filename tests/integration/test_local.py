@@ -191,3 +191,47 @@ def test_pipe_channel_is_fed_beside_the_job(project: Path) -> None:
         (project / "job" / "algo-1" / "input" / "config" / "inputdataconfig.json").read_text()
     )
     assert config["train"]["TrainingInputMode"] == "Pipe"
+
+
+SYNC_SCRIPT = """
+import os, sys, time
+import smtk
+env = smtk.Environment()
+checkpoints = env.checkpoint_config.local_path
+restored = sorted(os.listdir(checkpoints)) if os.path.isdir(checkpoints) else []
+print("restored", restored, flush=True)
+if sys.argv[-1] == "first":
+    inter = env.output_intermediate_dir
+    os.makedirs(os.path.join(inter, "logs", "deep"), exist_ok=True)
+    for i in range(20):
+        with open(os.path.join(inter, "logs", "deep", f"{i}.txt"), "w") as f:
+            f.write(f"step {i}")
+    with open(os.path.join(inter, "tmp.partial"), "w") as f:
+        f.write("final metrics")
+    os.rename(os.path.join(inter, "tmp.partial"), os.path.join(inter, "metrics.json"))
+    os.makedirs(checkpoints, exist_ok=True)
+    with open(os.path.join(checkpoints, "epoch-1.ckpt"), "w") as f:
+        f.write("weights after epoch 1")
+    raise RuntimeError("spot interruption simulated")
+assert restored == ["epoch-1.ckpt"], restored
+"""
+
+
+def test_output_and_checkpoint_sync_through_train(project: Path, s3_server: S3Server) -> None:
+    bucket = s3_server.new_bucket()
+    (project / "src" / "sync_train.py").write_text(SYNC_SCRIPT)
+    common = ["--source-dir", "src", "--entry-point", "sync_train.py", "--job-name", "spot-job",
+              "--output-s3", f"s3://{bucket}/out", "--checkpoint-s3", f"s3://{bucket}/ckpt"]  # fmt: skip
+    first = smtk_local(*common, "-H", "run=first", "--job-dir", "job1", cwd=project, **s3_server.env())
+    assert first.returncode == 1, first.stderr
+    objects = s3_server.objects(bucket)
+    prefix = "out/spot-job/output/intermediate/"
+    assert {k for k in objects if k.startswith(prefix)} == {
+        *(f"{prefix}logs/deep/{i}.txt" for i in range(20)),
+        f"{prefix}metrics.json",
+    }
+    assert objects[f"{prefix}logs/deep/7.txt"] == b"step 7"
+    assert objects["ckpt/epoch-1.ckpt"] == b"weights after epoch 1"
+    second = smtk_local(*common, "-H", "run=second", "--job-dir", "job2", cwd=project, **s3_server.env())
+    assert second.returncode == 0, second.stderr
+    assert "restored ['epoch-1.ckpt']" in second.stdout

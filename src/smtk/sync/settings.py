@@ -1,0 +1,109 @@
+"""The ``SMTK_SYNC_*`` switches, read once from the job's environment.
+
+Every variable is optional; docs/sync.md lists them with their defaults. A bad value
+is a :class:`~smtk.errors.ConfigError` naming the variable, never a silent default.
+
+::
+
+    settings = SyncSettings.from_environ(env.environ)
+    settings.workers, settings.intermediate, settings.checkpoints
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from smtk.errors import ConfigError
+
+IntermediateMode = Literal["auto", "on", "off"]
+WatchMode = Literal["auto", "inotify", "poll"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """How intermediate-output and checkpoint sync behave (see docs/sync.md)."""
+
+    #: ``auto``: sync ``output/intermediate`` only when it did not exist at start (the
+    #: reference's rule: an existing directory means the platform syncs it).
+    intermediate: IntermediateMode = "auto"
+    #: Sync ``checkpointconfig.json``'s ``LocalPath`` to its ``S3Uri`` (``smtk local`` turns it on).
+    checkpoints: bool = False
+    #: Concurrent uploads.
+    workers: int = 8
+    #: Wait after a file's close before uploading it (lets write-then-rename settle).
+    debounce_seconds: float = 0.25
+    #: How long a file's transient failures (connection refused, 5xx, throttling) are retried.
+    retry_seconds: float = 900.0
+    #: Longest wait between two retries of one file.
+    retry_max_wait_seconds: float = 5.0
+    #: ``auto``: inotify, falling back to scanning when watches run out; ``poll``: scan only.
+    mode: WatchMode = "auto"
+    #: Interval of the periodic scan in polling mode.
+    poll_seconds: float = 2.0
+    #: Files at least this large are uploaded in parts (multipart upload).
+    multipart_threshold: int = 8 * 1024 * 1024
+    #: Default bound of the final flush when the caller gives none.
+    flush_seconds: float = 60.0
+    #: Whether failed or abandoned uploads should fail the job.
+    strict: bool = False
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> SyncSettings:
+        return cls(
+            intermediate=_choice(environ, "SMTK_SYNC_INTERMEDIATE", ("auto", "on", "off"), "auto"),  # type: ignore[arg-type]
+            checkpoints=_flag(environ, "SMTK_SYNC_CHECKPOINTS", default=False),
+            workers=int(_number(environ, "SMTK_SYNC_WORKERS", 8, minimum=1, integer=True)),
+            debounce_seconds=_number(environ, "SMTK_SYNC_DEBOUNCE_MS", 250, minimum=0) / 1000.0,
+            retry_seconds=_number(environ, "SMTK_SYNC_RETRY_SECONDS", 900, minimum=0),
+            mode=_choice(environ, "SMTK_SYNC_MODE", ("auto", "inotify", "poll"), "auto"),  # type: ignore[arg-type]
+            poll_seconds=_number(environ, "SMTK_SYNC_POLL_SECONDS", 2, minimum=0.05),
+            multipart_threshold=int(
+                _number(environ, "SMTK_SYNC_MULTIPART_MB", 8, minimum=5, integer=True) * 1024 * 1024
+            ),
+            flush_seconds=_number(environ, "SMTK_SYNC_FLUSH_SECONDS", 60, minimum=0),
+            strict=_flag(environ, "SMTK_SYNC_STRICT", default=False),
+        )
+
+
+def _flag(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = environ.get(name)
+    if raw is None:
+        return default
+    text = raw.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(name, None, "1/true/yes/on or 0/false/no/off", repr(raw))
+
+
+def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    text = raw.strip().lower()
+    if text not in choices:
+        raise ConfigError(name, None, " or ".join(repr(c) for c in choices), repr(raw))
+    return text
+
+
+def _number(
+    environ: Mapping[str, str], name: str, default: float, *, minimum: float, integer: bool = False
+) -> float:
+    raw = environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = None
+    if value is None or math.isnan(value) or value < minimum:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(name, None, f"{kind} >= {minimum:g}", repr(raw))
+    return float(value)
