@@ -19,6 +19,7 @@ the outcome is written.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -105,10 +106,22 @@ def _run_job(env: Environment, stop: StopController, started: float, secrets: li
             outcome = peers.settle(outcome)
         if sync is not None:
             outcome = _stop_sync(sync, stop, outcome)
-    status = report.finish(paths, outcome, secrets)
+    status = report.finish(paths, _with_job_identity(env, outcome), secrets)
     if "smtk.peers" in sys.modules:  # the master keeps its outcome for hosts not yet told
         peers.close()
     return status
+
+
+def _with_job_identity(env: Environment, outcome: report.Outcome) -> report.Outcome:
+    """Name the job in ``failure.json`` (``TRAINING_JOB_NAME``, ``TRAINING_JOB_ARN``)."""
+    identity = {
+        "job_name": env.job_name_or_default or None,
+        "job_arn": env.environ.get("TRAINING_JOB_ARN") or None,
+    }
+    identity = {k: v for k, v in identity.items() if v}
+    if outcome.success or not identity:
+        return outcome
+    return dataclasses.replace(outcome, extra={**outcome.extra, **identity})
 
 
 def _prepare_tree(paths: Paths) -> None:

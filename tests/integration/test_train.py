@@ -118,10 +118,13 @@ def test_exception_names_root_cause_and_user_frame(tmp_path: Path) -> None:
 
 def test_sys_exit_status_is_kept(tmp_path: Path) -> None:
     root = make_tree(tmp_path, code={"train.py": "import sys\nsys.exit(3)\n"})
-    proc = run_train(root, SAGEMAKER_PROGRAM="train.py")
+    proc = run_train(
+        root, SAGEMAKER_PROGRAM="train.py", TRAINING_JOB_NAME="job-7", TRAINING_JOB_ARN="arn:x:job/job-7"
+    )
     assert proc.returncode == 3
-    failure, _ = outcome(root)
+    failure, record = outcome(root)
     assert failure is not None and failure.startswith("the training script exited with status 3")
+    assert record is not None and record["extra"] == {"job_name": "job-7", "job_arn": "arn:x:job/job-7"}
 
 
 @pytest.mark.parametrize(
