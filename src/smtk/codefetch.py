@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from smtk import settings
 from smtk.errors import ArchiveError, ConfigError
 from smtk.log import logger
 from smtk.redact import redact_url
@@ -88,8 +89,8 @@ class Limits:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Limits:
         return cls(
-            _positive_int(environ, MAX_MEMBERS_ENV, DEFAULT_MAX_MEMBERS),
-            _positive_int(environ, MAX_BYTES_ENV, DEFAULT_MAX_BYTES),
+            settings.integer(environ, MAX_MEMBERS_ENV, DEFAULT_MAX_MEMBERS, minimum=1),
+            settings.integer(environ, MAX_BYTES_ENV, DEFAULT_MAX_BYTES, minimum=1),
         )
 
 
@@ -441,19 +442,6 @@ def _progress(uri: str, size: int) -> Callable[[int], None]:
         logger.info("code: %s %d%% (%s of %s)", uri, percent, _human(done), _human(size))
 
     return callback
-
-
-def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigError(name, None, "a positive integer", raw)
-    return value
 
 
 def _human(size: int) -> str:

@@ -33,7 +33,7 @@ def parse_s3_uri(uri: str, source: str = "S3 URI", key: str | None = None) -> S3
     """``s3://bucket/prefix`` -> :class:`S3Uri`; a clear :class:`ConfigError` otherwise."""
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
-        raise ConfigError(source, key, "an s3://bucket/key URI", repr(uri))
+        raise ConfigError(source, key, "an s3://bucket/key URI", uri)
     return S3Uri(parsed.netloc, parsed.path.lstrip("/"))
 
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from smtk import log, report
+from smtk import log, peers, report
 from smtk.environment import Environment
 from smtk.errors import ConfigError, SmtkError
 from smtk.launch.plan import LaunchPlan
@@ -100,15 +100,12 @@ def _run_job(env: Environment, stop: StopController, started: float, secrets: li
         logger.exception("internal error")
         outcome = report.from_internal_error(exc, host=env.current_host)
     finally:
-        if "smtk.peers" in sys.modules:  # multi-host: tell the peers at once, name the first failure
-            from smtk import peers
-
-            outcome = peers.settle(outcome)
+        # Multi-host: tell the peers at once; name the first failure (no-op on one host).
+        outcome = peers.settle(outcome)
         if sync is not None:
             outcome = _stop_sync(sync, stop, outcome)
     status = report.finish(paths, _with_job_identity(env, outcome), secrets)
-    if "smtk.peers" in sys.modules:  # the master keeps its outcome for hosts not yet told
-        peers.close()
+    peers.close()  # a master keeps its outcome for hosts not yet told, up to SMTK_OUTCOME_LINGER
     return status
 
 
@@ -138,7 +135,7 @@ def _check_stop(stop: StopController) -> None:
 
 
 def _execute(env: Environment, stop: StopController, started: float, secrets: list[str]) -> report.Outcome:
-    from smtk import codefetch, entry_point, install, peers
+    from smtk import codefetch, entry_point, install
     from smtk.launch import select
 
     peers.join(env, stop, secrets)  # multi-host: failures before the launch reach the peers too

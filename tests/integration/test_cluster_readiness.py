@@ -1,7 +1,8 @@
-"""Readiness and the MPI outcome channel over real sockets on loopback (no namespaces needed)."""
+"""Readiness and the status channel (smtk.peers) over real sockets on loopback (no namespaces needed)."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from smtk import cluster
+from smtk import cluster, peers, report
 from smtk.environment import Environment
 from smtk.errors import ClusterError
-from smtk.launch import worker
+from smtk.launch.process import StopController
 from tests.helpers.jobtree import make_tree
 
 
@@ -59,56 +60,142 @@ def test_timeout_names_every_host_and_what_failed() -> None:
 
 
 @pytest.fixture
-def mpi_pair(tmp_path: Path) -> Iterator[tuple[Environment, Environment]]:
+def pair(tmp_path: Path) -> Iterator[tuple[Environment, Environment]]:
+    """The two hosts of a torchrun job, each on its own loopback address, one free status port."""
     environ = {
-        "SMTK_HOST_ADDRESSES": "algo-1=127.0.0.1,algo-2=127.0.0.1",
+        "SMTK_HOST_ADDRESSES": "algo-1=127.0.0.1,algo-2=127.0.0.2",
         "SMTK_STATUS_PORT": str(_free_port()),
         "SMTK_READY_TIMEOUT": "30",
+        "SMTK_OUTCOME_LINGER": "30",
     }
     envs = []
     for host in ("algo-1", "algo-2"):
         root = make_tree(
             tmp_path / host,
-            hyperparameters={"sagemaker_program": "train.py", "sagemaker_mpi_enabled": True},
+            hyperparameters={"sagemaker_program": "train.py", "sagemaker_torch_distributed_enabled": True},
             resourceconfig={"current_host": host, "hosts": ["algo-1", "algo-2"]},
         )
         envs.append(Environment(root=root, environ=environ))
     yield envs[0], envs[1]
 
 
-def _outcome_of_worker(env: Environment) -> tuple[threading.Thread, list[worker.WorkerOutcome]]:
-    found: list[worker.WorkerOutcome] = []
-
-    def wait() -> None:
-        connection = worker._connect_to_master(env)
-        with connection:
-            found.append(worker._wait_for_outcome(connection, env.current_host, env.master_hostname))
-
-    thread = threading.Thread(target=wait)
-    thread.start()
-    return thread, found
+@pytest.fixture
+def sessions() -> Iterator[list[peers.Session]]:
+    opened: list[peers.Session] = []
+    yield opened
+    for session in opened:
+        session.settled.set()  # no escalation threads left behind
+        session.linger = 0.0  # nothing left to deliver
+        session.close()
 
 
-def test_worker_gets_the_masters_failure(mpi_pair: tuple[Environment, Environment]) -> None:
-    master, other = mpi_pair
-    server = worker.OutcomeServer(master, ["algo-2"])
-    thread, found = _outcome_of_worker(other)
-    server.publish(3, "ValueError: boom; where: host algo-2, rank 1", linger=30)
-    thread.join(30)
-    assert found == [
-        worker.WorkerOutcome(
-            3, "the MPI job failed on the master algo-1: ValueError: boom; where: host algo-2, rank 1"
-        )
-    ]
+def _session(
+    env: Environment, opened: list[peers.Session], stop: StopController | None = None
+) -> peers.Session:
+    session = peers.Session(env, stop, ["s3cret"], ["algo-1", "algo-2"])
+    opened.append(session)
+    return session
 
 
-def test_worker_fails_at_once_when_the_master_dies(mpi_pair: tuple[Environment, Environment]) -> None:
-    master, other = mpi_pair
-    server = worker.OutcomeServer(master, ["algo-2"])
-    thread, found = _outcome_of_worker(other)
-    while not server._connections:  # the worker said hello
-        threading.Event().wait(0.02)
-    server.close()  # the master's train is gone without an outcome
-    thread.join(30)
-    assert len(found) == 1 and found[0].exit_status == 1
-    assert "ended without reporting an outcome" in (found[0].failure_reason or "")
+def _failure(host: str, cause: str, status: int = 1, rank: int | None = None) -> report.Outcome:
+    return report.Outcome(success=False, exit_status=status, cause=cause, category="x", host=host, rank=rank)
+
+
+def test_both_sides_become_ready(
+    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+) -> None:
+    master = _session(pair[0], sessions)
+    member = _session(pair[1], sessions)
+    waiter = threading.Thread(target=master.wait_ready, args=([cluster.Peer("algo-2", None)], 30))
+    waiter.start()
+    member.mark_ready()
+    master.mark_ready()
+    member.wait_ready([], 30)
+    waiter.join(30)
+    assert not waiter.is_alive() and "algo-2" in master.ready_members
+
+
+def test_master_failure_reaches_a_member_that_connects_later(
+    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+) -> None:
+    master = _session(pair[0], sessions)
+    final = master.settle(_failure("algo-1", "EntryPointError: no train.py (s3cret)", 2))
+    assert final.cause.startswith("EntryPointError")
+    closing = threading.Thread(target=master.close)  # lingers until algo-2 has been told
+    closing.start()
+    stop = StopController()
+    member = _session(pair[1], sessions, stop)
+    with pytest.raises(ClusterError, match=r"peer algo-1 failed: EntryPointError: no train\.py"):
+        member.wait_ready([], 30)
+    assert stop.stop_signal == signal.SIGTERM  # its run (had it started) is being stopped
+    outcome = member.settle(report.Outcome(success=False, exit_status=4, cause="ClusterError: peer ..."))
+    assert (outcome.exit_status, outcome.host, outcome.extra["reported_by"]) == (2, "algo-1", "algo-2")
+    assert "s3cret" not in outcome.cause  # the sender redacted its secrets
+    closing.join(30)
+    assert not closing.is_alive() and master.told == {"algo-2"}
+
+
+def test_member_failure_stops_the_waiting_master(
+    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+) -> None:
+    stop = StopController()
+    master = _session(pair[0], sessions, stop)
+    member = _session(pair[1], sessions)
+    member.settle(_failure("algo-2", "InstallError: pip failed", 3))
+    with pytest.raises(ClusterError, match="peer algo-2 failed: InstallError: pip failed"):
+        master.wait_ready([], 30)
+    assert stop.stop_signal == signal.SIGTERM
+    outcome = master.settle(_failure("algo-1", "Stopped: train received SIGTERM"))
+    assert (outcome.cause, outcome.host, outcome.exit_status) == ("InstallError: pip failed", "algo-2", 3)
+
+
+def test_own_root_cause_beats_a_peers_fallout(
+    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+) -> None:
+    master = _session(pair[0], sessions)
+    member = _session(pair[1], sessions)
+    member.mark_ready()
+    master.mark_ready()
+    member.wait_ready([], 30)
+    member.settle(_failure("algo-2", "RuntimeError: Connection closed by peer", 1, rank=1))
+    with master.cond:
+        master.cond.wait_for(lambda: master.root is not None, 30)
+    outcome = master.settle(_failure("algo-1", "ValueError: boom at train.py:3", 1, rank=0))
+    assert (outcome.cause, outcome.host, outcome.rank) == ("ValueError: boom at train.py:3", "algo-1", 0)
+
+
+def test_member_fails_at_once_when_the_masters_train_dies(
+    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+) -> None:
+    master = _session(pair[0], sessions)
+    stop = StopController()
+    member = _session(pair[1], sessions, stop)
+    with master.cond:
+        master.cond.wait_for(lambda: "algo-2" in master.connections, 30)
+    # the master's train is gone without a word: its sockets close
+    master.listener.close()
+    for conn in master.connections.values():
+        conn.close()
+    status, failure = member.wait_master_outcome(30)
+    assert status == 1 and failure is not None and failure.host == "algo-1"
+    assert "lost the connection to the master algo-1" in failure.cause
+    assert stop.stop_signal == signal.SIGTERM
+
+
+def test_mpi_worker_gets_the_masters_outcome(
+    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+) -> None:
+    master = _session(pair[0], sessions)
+    member = _session(pair[1], sessions)
+    master.settle(report.success(1.0, host="algo-1"))
+    assert member.wait_master_outcome(30) == (0, None)
+
+
+def test_rank_failure_reports_are_collected(
+    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+) -> None:
+    member = _session(pair[1], sessions)
+    environ = {**pair[1].environ, "SMTK_JOB_HOSTS": "algo-2"}
+    peers.announce_failure({"host": "algo-1", "rank": 0, "cause": "ValueError: x", "time": 1.0}, environ)
+    found = member.reported_failures(30, bool)
+    assert found == [{"host": "algo-1", "rank": 0, "cause": "ValueError: x", "time": 1.0}]

@@ -269,7 +269,7 @@ def test_size_limit_counts_uncompressed_bytes(tmp_path: Path) -> None:
 
 def test_bad_limit_setting(tmp_path: Path) -> None:
     archive = build_tar(tmp_path / "s.tar.gz", GOOD)
-    with pytest.raises(ConfigError, match="SMTK_CODE_MAX_BYTES: expected a positive integer, found '10G'"):
+    with pytest.raises(ConfigError, match="SMTK_CODE_MAX_BYTES: expected an integer >= 1, found '10G'"):
         fetch_code(job(tmp_path, str(archive), SMTK_CODE_MAX_BYTES="10G"))
 
 

@@ -120,16 +120,20 @@ def test_host_that_never_comes_up(tmp_path: Path) -> None:
     with cluster(
         tmp_path, names, hyperparameters=TORCHRUN, code=code, resolvable=["algo-1", "algo-2"]
     ) as hosts:
-        runs = hosts.run({"SMTK_READY_TIMEOUT": "4"}, hosts=["algo-1", "algo-2"], timeout=120)
+        runs = hosts.run(
+            {"SMTK_READY_TIMEOUT": "4", "SMTK_OUTCOME_LINGER": "0"}, hosts=["algo-1", "algo-2"], timeout=120
+        )
     master = runs["algo-1"]
     assert master.exit_status == 4, master.output
     failure = master.failure() or ""
     assert "algo-3 (DNS:" in failure and "algo-2" not in failure.splitlines()[0]
     assert (master.failure_json() or {}).get("exit_status") == 4
-    # the worker waited for the master's rendezvous port, which never opened
+    # the worker had launched (the master was ready); the master's failure stopped it
     worker = runs["algo-2"]
     assert worker.exit_status == 4, worker.output
-    assert "algo-1 (connect" in (worker.failure() or "")
+    worker_failure = worker.failure() or ""
+    assert "algo-3 (DNS:" in worker_failure and "where: host algo-1" in worker_failure, worker_failure
+    assert "peer algo-1 failed: ClusterError" in worker.output
 
 
 def test_torchrun_rank_crash_stops_every_host(tmp_path: Path) -> None:

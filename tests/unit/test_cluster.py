@@ -61,8 +61,8 @@ def _env(tmp_path: Path, hps: dict[str, Any], current: str) -> Environment:
     ("hps", "current", "expected"),
     [
         ({"sagemaker_torch_distributed_enabled": True}, "algo-1",
-         [("algo-2", 7778, "smtk status"), ("algo-3", 7778, "smtk status")]),
-        ({"sagemaker_torch_distributed_enabled": True}, "algo-3", [("algo-1", 7777, "torchrun rendezvous")]),
+         [("algo-2", None, "train ready"), ("algo-3", None, "train ready")]),
+        ({"sagemaker_torch_distributed_enabled": True}, "algo-3", [("algo-1", 7778, "smtk status")]),
         ({"sagemaker_mpi_enabled": True}, "algo-1", [("algo-2", 2222, "sshd"), ("algo-3", 2222, "sshd")]),
         ({"sagemaker_mpi_enabled": True}, "algo-2", []),
         ({}, "algo-2", []),

@@ -41,8 +41,9 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from smtk import settings
 from smtk.channels.records import DEFAULT_CHUNK_SIZE, RecordReader, open_records
-from smtk.errors import ChannelError, ConfigError
+from smtk.errors import ChannelError
 
 logger = logging.getLogger("smtk")
 
@@ -71,17 +72,7 @@ class FifoTimeoutError(ChannelError):
 
 def setting(environ: Mapping[str, str] | None, name: str, default: float) -> float:
     """A non-negative number of seconds (or bytes) from ``environ[name]``."""
-    env = os.environ if environ is None else environ
-    text = env.get(name, "")
-    if not text.strip():
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(name, None, "a non-negative number", text) from None
-    if not value >= 0:  # also rejects NaN
-        raise ConfigError(name, None, "a non-negative number", text)
-    return value
+    return settings.number(os.environ if environ is None else environ, name, default)
 
 
 def fifo_path(prefix: str, number: int) -> str:

@@ -40,7 +40,7 @@ def positive_int(env: Environment, key: str) -> int | None:
     except ValueError:
         number = 0
     if number <= 0 or isinstance(value, bool):
-        raise ConfigError(SOURCE, key, "a positive integer", repr(value))
+        raise ConfigError(SOURCE, key, "a positive integer", value)
     return number
 
 
@@ -76,5 +76,5 @@ def node_rank(env: Environment, hosts: tuple[str, ...]) -> int:
             "resourceconfig.json",
             "current_host",
             f"one of the distribution hosts {list(hosts)}",
-            repr(env.current_host),
+            env.current_host,
         ) from None

@@ -59,7 +59,7 @@ def custom_options(env: Environment) -> tuple[list[str], str]:
     try:
         tokens = shlex.split(str(text))
     except ValueError as exc:
-        raise ConfigError("hyperparameters.json", CUSTOM_OPTIONS_KEY, "mpirun options", repr(text)) from exc
+        raise ConfigError("hyperparameters.json", CUSTOM_OPTIONS_KEY, "mpirun options", text) from exc
     level = DEFAULT_NCCL_DEBUG
     rest: list[str] = []
     i = 0

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO
 
+from smtk import settings
 from smtk.launch.plan import LaunchPlan
 from smtk.redact import redact_text
 
@@ -336,7 +337,7 @@ def run(
     interval = (
         progress_interval
         if progress_interval is not None
-        else _float_setting("SMTK_PROGRESS_INTERVAL", DEFAULT_PROGRESS_INTERVAL)
+        else settings.number(os.environ, "SMTK_PROGRESS_INTERVAL", DEFAULT_PROGRESS_INTERVAL)
     )
     env = {**os.environ, **plan.env}
     started = time.monotonic()
@@ -456,23 +457,6 @@ def _reap_orphans() -> None:
             pass
 
 
-def _float_setting(name: str, default: float) -> float:
-    text = os.environ.get(name)
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        from smtk.errors import ConfigError
-
-        raise ConfigError(name, None, "a number of seconds", repr(text)) from None
-    if value < 0:
-        from smtk.errors import ConfigError
-
-        raise ConfigError(name, None, "a number of seconds >= 0", repr(text))
-    return value
-
-
 def settings_grace_period() -> float:
     """``SMTK_GRACE_PERIOD`` (seconds between the forwarded stop signal and SIGKILL)."""
-    return _float_setting("SMTK_GRACE_PERIOD", DEFAULT_GRACE_PERIOD)
+    return settings.number(os.environ, "SMTK_GRACE_PERIOD", DEFAULT_GRACE_PERIOD)

@@ -189,15 +189,15 @@ def locate_failure(lines: Sequence[str], base: str) -> tuple[str, int, str] | No
         candidates.append(
             (is_secondary(recorded.cause), recorded.time, 1, (recorded.host, recorded.rank, recorded.cause))
         )
-    cluster = sys.modules.get("smtk.cluster")
-    if cluster is not None:
+    peers = sys.modules.get("smtk.peers")
+    if peers is not None:
         if not candidates or all(c[0] for c in candidates):
             # Local failures look like fallout: give other hosts' reports a moment to arrive.
-            reports = cluster.reported_failures(
+            reports = peers.reported_failures(
                 2.0, lambda found: any(not is_secondary(str(f.get("cause", ""))) for f in found)
             )
         else:
-            reports = cluster.reported_failures()
+            reports = peers.reported_failures()
         for report in reports:
             try:
                 entry = (str(report["host"]), int(report["rank"]), str(report["cause"]))
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # failures are announced and recorded.
         print(f"{host}:{who.rank} smtk: rank failed: {failure.describe()}", file=sys.stderr, flush=True)
         record_failure(base_dir({**os.environ, **values}), failure)
-        from smtk.cluster import announce_failure
+        from smtk.peers import announce_failure
 
         announce_failure(asdict(failure), {**os.environ, **values})
     if result.signal is not None:

@@ -40,7 +40,7 @@ def max_restarts(env: Environment) -> int:
     except ValueError:
         number = -1
     if number < 0 or isinstance(value, bool):
-        raise ConfigError(source, MAX_RESTARTS_KEY, "an integer >= 0", repr(value))
+        raise ConfigError(source, MAX_RESTARTS_KEY, "an integer >= 0", value)
     return number
 
 
@@ -78,7 +78,7 @@ def build_plan(env: Environment, entry: EntryPoint, python: str = sys.executable
     if "NCCL_SOCKET_IFNAME" not in env.environ:
         values["NCCL_SOCKET_IFNAME"] = env.network_interface_name
     values["SMTK_NPROC_PER_HOST"] = str(nproc)
-    # Where rank wrappers announce a failure (see smtk.cluster.announce_failure).
+    # Where rank wrappers announce a failure (see smtk.peers.announce_failure).
     values["SMTK_JOB_HOSTS"] = ",".join(hosts)
     return LaunchPlan(
         kind="torchrun",

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
+from smtk import settings
 from smtk.errors import ConfigError
 
 logger = logging.getLogger("smtk")
@@ -47,7 +48,7 @@ _KILL_GRACE = 10.0
 def _mode(environ: Mapping[str, str]) -> str:
     chosen = environ.get("SMTK_LOCAL_HOSTS", "auto").strip().lower() or "auto"
     if chosen not in ("auto", "netns", "loopback"):
-        raise ConfigError("SMTK_LOCAL_HOSTS", None, "'auto', 'netns' or 'loopback'", repr(chosen))
+        raise ConfigError("SMTK_LOCAL_HOSTS", None, "'auto', 'netns' or 'loopback'", chosen)
     if chosen != "auto":
         return chosen
     from smtk.local import netns
@@ -120,13 +121,7 @@ def run_hosts(
 
 
 def _peer_grace(environ: Mapping[str, str]) -> float:
-    text = environ.get("SMTK_LOCAL_PEER_GRACE", "").strip()
-    if not text:
-        return DEFAULT_PEER_GRACE
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        raise ConfigError("SMTK_LOCAL_PEER_GRACE", None, "a number of seconds", repr(text)) from None
+    return settings.number(environ, "SMTK_LOCAL_PEER_GRACE", DEFAULT_PEER_GRACE)
 
 
 def _supervise(

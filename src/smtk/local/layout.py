@@ -175,7 +175,7 @@ def _place_channel(
         return
     if not os.path.exists(channel.source):
         raise ConfigError(
-            f"channel {channel.name!r}", "source", "an existing file or directory", repr(channel.source)
+            f"channel {channel.name!r}", "source", "an existing file or directory", channel.source
         )
     if os.path.isfile(channel.source):
         os.makedirs(target, exist_ok=True)
@@ -217,8 +217,6 @@ def _download_channel(
         rel = rel or os.path.basename(key)
         destination = os.path.normpath(os.path.join(target, rel))
         if not destination.startswith(os.path.abspath(target) + os.sep):
-            raise ConfigError(
-                f"channel {channel.name!r}", "source", "object keys inside the prefix", repr(key)
-            )
+            raise ConfigError(f"channel {channel.name!r}", "source", "object keys inside the prefix", key)
         os.makedirs(os.path.dirname(destination), exist_ok=True)
         client.download_file(uri.bucket, key, destination)

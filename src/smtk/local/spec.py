@@ -84,7 +84,7 @@ def parse_pairs(pairs: Sequence[str], what: str) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(what, None, "KEY=VALUE", repr(pair))
+            raise ConfigError(what, None, "KEY=VALUE", pair)
         result[key] = value
     return result
 
@@ -93,7 +93,7 @@ def parse_channel_flag(text: str) -> ChannelSpec:
     """``NAME=PATH[:MODE]``, e.g. ``train=data/train`` or ``train=s3://b/p:Pipe``."""
     name, sep, rest = text.partition("=")
     if not sep or not name or not rest:
-        raise ConfigError("--channel", None, "NAME=PATH[:File|FastFile|Pipe]", repr(text))
+        raise ConfigError("--channel", None, "NAME=PATH[:File|FastFile|Pipe]", text)
     mode = "File"
     head, colon, tail = rest.rpartition(":")
     if colon and tail in INPUT_MODES:
@@ -106,7 +106,7 @@ def _str(source: str, key: str, value: object, *, optional: bool = True) -> str 
         return None
     if isinstance(value, str) and value:
         return value
-    raise ConfigError(source, key, "a non-empty string", repr(value))
+    raise ConfigError(source, key, "a non-empty string", value)
 
 
 def _obj(source: str, key: str, value: object) -> dict[str, Any]:
@@ -114,7 +114,7 @@ def _obj(source: str, key: str, value: object) -> dict[str, Any]:
         return {}
     if isinstance(value, dict):
         return value
-    raise ConfigError(source, key, "an object", repr(value))
+    raise ConfigError(source, key, "an object", value)
 
 
 def _choice(source: str, key: str, value: object, allowed: Sequence[str], default: str) -> str:
@@ -122,7 +122,7 @@ def _choice(source: str, key: str, value: object, allowed: Sequence[str], defaul
         return default
     if isinstance(value, str) and value in allowed:
         return value
-    raise ConfigError(source, key, "one of " + ", ".join(allowed), repr(value))
+    raise ConfigError(source, key, "one of " + ", ".join(allowed), value)
 
 
 def _resolve_source(uri: str, base_dir: str) -> str:
@@ -150,7 +150,7 @@ def load_spec(path: str) -> JobSpec:
     channels = []
     configs = raw.get("InputDataConfig", [])
     if not isinstance(configs, list):
-        raise ConfigError(source, "InputDataConfig", "a list of channels", repr(configs))
+        raise ConfigError(source, "InputDataConfig", "a list of channels", configs)
     for index, entry in enumerate(configs):
         key = f"InputDataConfig[{index}]"
         item = _obj(source, key, entry)
@@ -185,24 +185,22 @@ def load_spec(path: str) -> JobSpec:
     resources = _obj(source, "ResourceConfig", raw.get("ResourceConfig"))
     count = resources.get("InstanceCount", 1)
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 64:
-        raise ConfigError(source, "ResourceConfig.InstanceCount", "an integer from 1 to 64", repr(count))
+        raise ConfigError(source, "ResourceConfig.InstanceCount", "an integer from 1 to 64", count)
     environment = _obj(source, "Environment", raw.get("Environment"))
     for key, value in environment.items():
         if not isinstance(value, str):
-            raise ConfigError(source, f"Environment.{key}", "a string", repr(value))
+            raise ConfigError(source, f"Environment.{key}", "a string", value)
     stopping = _obj(source, "StoppingCondition", raw.get("StoppingCondition"))
     max_runtime = stopping.get("MaxRuntimeInSeconds")
     if max_runtime is not None and (
         not isinstance(max_runtime, (int, float)) or isinstance(max_runtime, bool) or max_runtime <= 0
     ):
-        raise ConfigError(
-            source, "StoppingCondition.MaxRuntimeInSeconds", "a positive number", repr(max_runtime)
-        )
+        raise ConfigError(source, "StoppingCondition.MaxRuntimeInSeconds", "a positive number", max_runtime)
     checkpoint = _obj(source, "CheckpointConfig", raw.get("CheckpointConfig"))
     checkpoint_s3 = _str(source, "CheckpointConfig.S3Uri", checkpoint.get("S3Uri"))
     name = raw.get("TrainingJobName") or _default_name(hyperparameters)
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(source, "TrainingJobName", "1-63 letters, digits or hyphens", repr(name))
+        raise ConfigError(source, "TrainingJobName", "1-63 letters, digits or hyphens", name)
     program = _decode(hyperparameters.get("sagemaker_program"))
     submit = _decode(hyperparameters.get("sagemaker_submit_directory"))
     return JobSpec(

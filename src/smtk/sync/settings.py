@@ -11,12 +11,11 @@ is a :class:`~smtk.errors.ConfigError` naming the variable, never a silent defau
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from smtk.errors import ConfigError
+from smtk import settings
 
 IntermediateMode = Literal["auto", "on", "off"]
 WatchMode = Literal["auto", "inotify", "poll"]
@@ -56,54 +55,16 @@ class SyncSettings:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> SyncSettings:
         return cls(
-            intermediate=_choice(environ, "SMTK_SYNC_INTERMEDIATE", ("auto", "on", "off"), "auto"),  # type: ignore[arg-type]
-            checkpoints=_flag(environ, "SMTK_SYNC_CHECKPOINTS", default=False),
-            workers=int(_number(environ, "SMTK_SYNC_WORKERS", 8, minimum=1, integer=True)),
-            debounce_seconds=_number(environ, "SMTK_SYNC_DEBOUNCE_MS", 250, minimum=0) / 1000.0,
-            retry_seconds=_number(environ, "SMTK_SYNC_RETRY_SECONDS", 900, minimum=0),
-            mode=_choice(environ, "SMTK_SYNC_MODE", ("auto", "inotify", "poll"), "auto"),  # type: ignore[arg-type]
-            poll_seconds=_number(environ, "SMTK_SYNC_POLL_SECONDS", 2, minimum=0.05),
+            intermediate=settings.choice(environ, "SMTK_SYNC_INTERMEDIATE", ("auto", "on", "off"), "auto"),  # type: ignore[arg-type]
+            checkpoints=settings.flag(environ, "SMTK_SYNC_CHECKPOINTS", default=False),
+            workers=settings.integer(environ, "SMTK_SYNC_WORKERS", 8, minimum=1),
+            debounce_seconds=settings.number(environ, "SMTK_SYNC_DEBOUNCE_MS", 250, minimum=0) / 1000.0,
+            retry_seconds=settings.number(environ, "SMTK_SYNC_RETRY_SECONDS", 900, minimum=0),
+            mode=settings.choice(environ, "SMTK_SYNC_MODE", ("auto", "inotify", "poll"), "auto"),  # type: ignore[arg-type]
+            poll_seconds=settings.number(environ, "SMTK_SYNC_POLL_SECONDS", 2, minimum=0.05),
             multipart_threshold=int(
-                _number(environ, "SMTK_SYNC_MULTIPART_MB", 8, minimum=5, integer=True) * 1024 * 1024
+                settings.integer(environ, "SMTK_SYNC_MULTIPART_MB", 8, minimum=5) * 1024 * 1024
             ),
-            flush_seconds=_number(environ, "SMTK_SYNC_FLUSH_SECONDS", 60, minimum=0),
-            strict=_flag(environ, "SMTK_SYNC_STRICT", default=False),
+            flush_seconds=settings.number(environ, "SMTK_SYNC_FLUSH_SECONDS", 60, minimum=0),
+            strict=settings.flag(environ, "SMTK_SYNC_STRICT", default=False),
         )
-
-
-def _flag(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
-    raw = environ.get(name)
-    if raw is None:
-        return default
-    text = raw.strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(name, None, "1/true/yes/on or 0/false/no/off", repr(raw))
-
-
-def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    text = raw.strip().lower()
-    if text not in choices:
-        raise ConfigError(name, None, " or ".join(repr(c) for c in choices), repr(raw))
-    return text
-
-
-def _number(
-    environ: Mapping[str, str], name: str, default: float, *, minimum: float, integer: bool = False
-) -> float:
-    raw = environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        value = None
-    if value is None or math.isnan(value) or value < minimum:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(name, None, f"{kind} >= {minimum:g}", repr(raw))
-    return float(value)
