@@ -252,7 +252,10 @@ def test_architecture_module_map_lists_every_module() -> None:
         rel = path.relative_to(SRC)
         package = rel.name == "__init__.py" and rel.parent != Path(".")
         wanted = f"{rel.parent.name}/" if package else rel.name
-        if not re.search(rf"(?<![\w/]){re.escape(wanted)}", block):
+        # A top-level module must appear at the top level of the tree (`├── name`), not only
+        # as a same-named module of a subpackage (`│   ├── name`).
+        indent = r"^├── " if rel.parent == Path(".") else r""
+        if not re.search(rf"{indent}(?<![\w/]){re.escape(wanted)}", block, re.M):
             missing.append(str(rel))
     assert not missing, f"docs/architecture.md's module map lacks: {missing}"
 
