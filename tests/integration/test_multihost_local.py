@@ -66,3 +66,37 @@ def test_mpi_without_namespaces_is_refused(tmp_path: Path) -> None:
     roots = _trees(tmp_path, {"sagemaker_mpi_enabled": True})
     with pytest.raises(ConfigError, match="root"):
         run_hosts(roots, _environ("loopback"))
+
+
+SLEEPER = """
+import os, signal, sys, time
+def on_term(signum, frame):
+    print(f"stopping on {os.environ['SM_CURRENT_HOST']}", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_max_runtime_and_stops_reach_every_host(tmp_path: Path) -> None:
+    hosts = ["algo-1", "algo-2"]
+    roots = {
+        host: str(
+            make_tree(
+                tmp_path / host,
+                hyperparameters={"sagemaker_program": "train.py"},
+                resourceconfig={"current_host": host, "hosts": hosts, "network_interface_name": "lo"},
+                code={"train.py": SLEEPER},
+            )
+        )
+        for host in hosts
+    }
+    out = io.StringIO()
+    statuses = run_hosts(roots, _environ("loopback"), out=out, max_runtime=3, stop_grace=60)
+    text = out.getvalue()
+    assert statuses == {"algo-1": 143, "algo-2": 143}, text
+    assert "stopping on algo-1" in text and "stopping on algo-2" in text
+    for root in roots.values():
+        with open(os.path.join(root, "output", "failure")) as handle:
+            assert handle.readline().startswith("Stopped: train received SIGTERM")

@@ -34,10 +34,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import IO
 
 from smtk import settings
 from smtk.errors import ConfigError
+from smtk.launch.process import StopController
 
 logger = logging.getLogger("smtk")
 
@@ -76,8 +78,17 @@ def run_hosts(
     *,
     out: IO[str] | None = None,
     train: Sequence[str] | None = None,
+    stop: StopController | None = None,
+    max_runtime: float | None = None,
+    stop_grace: float = 120.0,
 ) -> dict[str, int]:
-    """Run ``train`` for every host (``host -> SAGEMAKER_BASE_DIR``); returns host -> exit status."""
+    """Run ``train`` for every host (``host -> SAGEMAKER_BASE_DIR``); returns host -> exit status.
+
+    Signals recorded by ``stop`` (Ctrl-C, SIGTERM) are forwarded to every host's ``train``,
+    as is a SIGTERM once ``max_runtime`` seconds have passed (the platform's
+    MaxRuntimeInSeconds); hosts still running ``stop_grace`` seconds later are killed.
+    """
+    control = _Control(stop or StopController(), max_runtime, stop_grace)
     command = list(train or [sys.executable, "-m", "smtk.train"])
     stream = out or sys.stdout
     hosts = list(host_roots)
@@ -94,7 +105,7 @@ def run_hosts(
                     "smtk local: %d hosts in network namespaces (%s)", len(hosts), spaces.subnet + ".0/24"
                 )
                 envs = {host: {**environ, "SAGEMAKER_BASE_DIR": spaces.mount_point} for host in hosts}
-                return _supervise(hosts, lambda h: spaces.command(h, command), envs, environ, stream)
+                return _supervise(hosts, lambda h: spaces.command(h, command), envs, environ, stream, control)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     if _uses_mpi(host_roots[hosts[0]]):
@@ -117,7 +128,30 @@ def run_hosts(
         "smtk local: %d hosts as processes on loopback (%s)", len(hosts), shared["SMTK_HOST_ADDRESSES"]
     )
     envs = {host: {**environ, **shared, "SAGEMAKER_BASE_DIR": host_roots[host]} for host in hosts}
-    return _supervise(hosts, lambda h: command, envs, environ, stream)
+    return _supervise(hosts, lambda h: command, envs, environ, stream, control)
+
+
+@dataclass
+class _Control:
+    """How the supervisor is told to stop: signals, the maximum runtime, the kill deadline."""
+
+    stop: StopController
+    max_runtime: float | None
+    stop_grace: float
+    started: float = field(default_factory=time.monotonic)
+    forwarded: int = 0
+    timed_out: bool = False
+
+    def new_signals(self, now: float) -> list[int]:
+        if self.max_runtime is not None and not self.timed_out and now - self.started >= self.max_runtime:
+            self.timed_out = True
+            logger.warning(
+                "smtk local: maximum runtime of %.0f s reached: stopping every host", self.max_runtime
+            )
+            self.stop.request(signal.SIGTERM)
+        fresh = self.stop.received[self.forwarded :]
+        self.forwarded = len(self.stop.received)
+        return fresh
 
 
 def _peer_grace(environ: Mapping[str, str]) -> float:
@@ -130,6 +164,7 @@ def _supervise(
     envs: Mapping[str, Mapping[str, str]],
     environ: Mapping[str, str],
     out: IO[str],
+    control: _Control,
 ) -> dict[str, int]:
     lock = threading.Lock()
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -147,7 +182,7 @@ def _supervise(
         thread = threading.Thread(target=_pump, args=(host, proc, out, lock), daemon=True)
         thread.start()
         pumps.append(thread)
-    statuses = _wait(procs, _peer_grace(environ))
+    statuses = _wait(procs, _peer_grace(environ), control)
     for thread in pumps:
         thread.join(5.0)
     return statuses
@@ -164,12 +199,18 @@ def _pump(host: str, proc: subprocess.Popen[bytes], out: IO[str], lock: threadin
             out.flush()
 
 
-def _wait(procs: Mapping[str, subprocess.Popen[bytes]], grace: float) -> dict[str, int]:
+def _wait(procs: Mapping[str, subprocess.Popen[bytes]], grace: float, control: _Control) -> dict[str, int]:
     statuses: dict[str, int] = {}
     stop_at: float | None = None
     kill_at: float | None = None
     try:
         while len(statuses) < len(procs):
+            for signum in control.new_signals(time.monotonic()):
+                for host, proc in procs.items():
+                    if host not in statuses:
+                        _signal(proc, signum)
+                if kill_at is None:
+                    kill_at = time.monotonic() + control.stop_grace
             for host, proc in procs.items():
                 if host not in statuses and proc.poll() is not None:
                     statuses[host] = _status(proc.returncode)

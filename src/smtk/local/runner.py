@@ -120,7 +120,7 @@ def run_job(
         elif len(trees) == 1:
             outcomes = [_run_one(spec, trees[0], env, stop)]
         else:
-            outcomes = _run_hosts(spec, trees, env)
+            outcomes = _run_hosts(spec, trees, env, stop)
     finally:
         _stop_feeders(feeders)
     print_summary(spec, outcomes, time.monotonic() - started, out or sys.stdout)
@@ -147,13 +147,21 @@ def _run_one(
     return HostOutcome(tree.host, tree.root, result.exit_status)
 
 
-def _run_hosts(spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str]) -> list[HostOutcome]:
+def _run_hosts(
+    spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str], stop: StopController | None
+) -> list[HostOutcome]:
     from smtk.local.hosts import run_hosts
 
     roots = {tree.host: tree.root for tree in trees}
     base = train_environment(spec, trees[0], environ)
     base.pop("SAGEMAKER_BASE_DIR", None)
-    statuses = run_hosts(roots, base)
+    statuses = run_hosts(
+        roots,
+        base,
+        stop=stop,
+        max_runtime=spec.max_runtime,
+        stop_grace=settings_grace_period() + GRACE_MARGIN,
+    )
     return [HostOutcome(tree.host, tree.root, statuses.get(tree.host, 1)) for tree in trees]
 
 
