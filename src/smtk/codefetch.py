@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
-import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -47,6 +44,8 @@ from smtk.log import logger
 from smtk.redact import redact_url
 
 if TYPE_CHECKING:
+    import tarfile
+
     from smtk.environment import Environment
 
 SourceKind = Literal["s3", "tar", "dir", "file"]
@@ -108,6 +107,9 @@ def fetch_code(env: Environment) -> FetchReport | None:
 
 def fetch(source: str, code_dir: str, environ: Mapping[str, str]) -> FetchReport | None:
     """Put ``source`` into ``code_dir`` (see the module docstring for the rules)."""
+    import shutil
+    import tempfile
+
     started = time.monotonic()
     shown = redact_url(source)
     limits = Limits.from_environ(environ)
@@ -276,6 +278,8 @@ def extract_archive(
     archive: str, code_dir: str, limits: Limits, *, shown: str | None = None
 ) -> tuple[int, int]:
     """Unpack the tar file ``archive`` into the empty ``code_dir``; (entries, bytes)."""
+    import tarfile
+
     shown = shown or archive
     with _open_tar(archive, shown) as tar:
         try:
@@ -300,6 +304,8 @@ def extract_archive(
 
 def copy_tree(source: str, code_dir: str, limits: Limits) -> tuple[int, int]:
     """Copy the directory ``source`` into the empty ``code_dir`` with the archive rules."""
+    import shutil
+
     root = os.path.realpath(source)
     entries: list[tuple[str, os.stat_result]] = []
     total = 0
@@ -349,6 +355,8 @@ def copy_tree(source: str, code_dir: str, limits: Limits) -> tuple[int, int]:
 
 
 def _open_tar(archive: str, shown: str) -> tarfile.TarFile:
+    import tarfile
+
     try:
         return tarfile.open(archive, mode="r:*")
     except (tarfile.TarError, OSError) as exc:
@@ -358,6 +366,8 @@ def _open_tar(archive: str, shown: str) -> tarfile.TarFile:
 @contextlib.contextmanager
 def _cleanup_on_error(code_dir: str) -> Iterator[None]:
     """Empty ``code_dir`` again (it was empty before) if the block raises."""
+    import shutil
+
     try:
         yield
     except BaseException:
@@ -375,6 +385,8 @@ def _cleanup_on_error(code_dir: str) -> Iterator[None]:
 
 
 def _local_kind(source: str, shown: str) -> SourceKind:
+    import tarfile
+
     if os.path.isdir(source):
         return "dir"
     if not os.path.exists(source):

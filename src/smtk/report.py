@@ -25,7 +25,6 @@ import os
 import re
 import signal
 import time
-import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -234,6 +233,8 @@ def from_error(error: SmtkError, host: str | None = None, seconds: float | None 
 
 def from_internal_error(exc: BaseException, host: str | None = None) -> Outcome:
     """An unexpected error inside smtk: exit 1, with the traceback's last frames."""
+    import traceback  # only on this rare path: it is not free to import
+
     frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
     detail = "".join(frames)
     tail = tuple(detail.strip().splitlines()[-12:])

@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from smtk import log, peers, report
+from smtk import log, report
 from smtk.environment import Environment
 from smtk.errors import ConfigError, SmtkError
 from smtk.launch.plan import LaunchPlan
@@ -100,12 +100,17 @@ def _run_job(env: Environment, stop: StopController, started: float, secrets: li
         logger.exception("internal error")
         outcome = report.from_internal_error(exc, host=env.current_host)
     finally:
-        # Multi-host: tell the peers at once; name the first failure (no-op on one host).
-        outcome = peers.settle(outcome)
+        if len(env.hosts) > 1:
+            from smtk import peers
+
+            outcome = peers.settle(outcome)  # tell the peers at once; name the first failure
         if sync is not None:
             outcome = _stop_sync(sync, stop, outcome)
     status = report.finish(paths, _with_job_identity(env, outcome), secrets)
-    peers.close()  # a master keeps its outcome for hosts not yet told, up to SMTK_OUTCOME_LINGER
+    if len(env.hosts) > 1:
+        from smtk import peers
+
+        peers.close()  # a master keeps its outcome for hosts not yet told, up to SMTK_OUTCOME_LINGER
     return status
 
 
@@ -138,7 +143,10 @@ def _execute(env: Environment, stop: StopController, started: float, secrets: li
     from smtk import codefetch, entry_point, install
     from smtk.launch import select
 
-    peers.join(env, stop, secrets)  # multi-host: failures before the launch reach the peers too
+    if len(env.hosts) > 1:
+        from smtk import peers
+
+        peers.join(env, stop, secrets)  # failures before the launch reach the peers too
     codefetch.fetch_code(env)
     _check_stop(stop)
     entry = entry_point.resolve(env)
