@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -39,3 +40,25 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
 def bin_path() -> str:
     """PATH with this interpreter's venv first, so `train`/`smtk`/`mpirun` resolve."""
     return f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
+
+
+@pytest.fixture
+def quiet_server_log() -> Iterator[None]:
+    """Silence the S3 server's per-request log: capturing thousands of records only slows tests."""
+    logger = logging.getLogger("werkzeug")
+    old = logger.level
+    logger.setLevel(logging.WARNING)
+    yield
+    logger.setLevel(old)
+
+
+@pytest.fixture
+def smtk_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Capture the smtk logger even when smtk.log.configure() stopped its propagation."""
+    logger = logging.getLogger("smtk")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="smtk")
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)

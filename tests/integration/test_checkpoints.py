@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +21,6 @@ from tests.integration.sync_support import (
 )
 
 pytestmark = pytest.mark.usefixtures("s3_env", "quiet_server_log")
-
-
-@pytest.fixture
-def quiet_server_log() -> Iterator[None]:
-    logger = logging.getLogger("werkzeug")
-    old = logger.level
-    logger.setLevel(logging.WARNING)
-    yield
-    logger.setLevel(old)
 
 
 def checkpoint_job(base: Path, server: S3Server, bucket: str, uri: str, *, enabled: bool = True) -> SyncJob:

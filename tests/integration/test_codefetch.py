@@ -13,7 +13,6 @@ import os
 import stat
 import tarfile
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,18 +84,6 @@ def tree(path: Path) -> dict[str, str]:
             else:
                 result[rel] = p.read_text()
     return result
-
-
-@pytest.fixture
-def smtk_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Capture the smtk logger even when smtk.log.configure() stopped its propagation."""
-    logger = logging.getLogger("smtk")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="smtk")
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
 
 
 GOOD = [

@@ -9,7 +9,6 @@ closed port on loopback.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 import subprocess
@@ -17,7 +16,6 @@ import sys
 import sysconfig
 import textwrap
 import venv
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,17 +46,6 @@ def python(tmp_path_factory: pytest.TempPathFactory) -> str:
     ).stdout.strip()
     Path(site, "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return str(exe)
-
-
-@pytest.fixture
-def smtk_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    logger = logging.getLogger("smtk")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="smtk")
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
 
 
 def local_package(base: Path, name: str, *, pyproject: bool = False, module_body: str = "") -> None:

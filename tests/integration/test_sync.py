@@ -9,13 +9,11 @@ the local tree, keys and contents.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,16 +33,6 @@ from tests.integration.sync_support import (
 )
 
 pytestmark = pytest.mark.usefixtures("s3_env", "quiet_server_log")
-
-
-@pytest.fixture
-def quiet_server_log() -> Iterator[None]:
-    # The server logs every request; capturing thousands of records only slows the test.
-    logger = logging.getLogger("werkzeug")
-    old = logger.level
-    logger.setLevel(logging.WARNING)
-    yield
-    logger.setLevel(old)
 
 
 def _stop_and_compare(handle, job, server: S3Server, timeout: float = 240.0):  # type: ignore[no-untyped-def]
