@@ -71,6 +71,7 @@ def _build_spec(args: argparse.Namespace) -> object:
     from smtk.errors import ConfigError
     from smtk.local.spec import (
         JobSpec,
+        default_job_name,
         encode_hyperparameter,
         load_spec,
         parse_channel_flag,
@@ -86,7 +87,7 @@ def _build_spec(args: argparse.Namespace) -> object:
     if spec is None:
         if not args.entry_point:
             raise ConfigError("smtk local", "--entry-point", "a script to run (or --spec FILE)", "<nothing>")
-        name = args.job_name or _default_job_name(args.entry_point)
+        name = args.job_name or default_job_name(args.entry_point)
         spec = JobSpec(job_name=name)
     merged_hps = {**spec.hyperparameters, **hyperparameters}
     by_name = {c.name: c for c in spec.channels}
@@ -109,15 +110,6 @@ def _build_spec(args: argparse.Namespace) -> object:
         checkpoint_s3=args.checkpoint_s3,
         output_s3=args.output_s3,
     )
-
-
-def _default_job_name(entry_point: str) -> str:
-    import re
-
-    stem = (
-        re.sub(r"[^A-Za-z0-9]+", "-", os.path.splitext(os.path.basename(entry_point))[0]).strip("-") or "job"
-    )
-    return stem[:40]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -198,7 +198,7 @@ def load_spec(path: str) -> JobSpec:
         raise ConfigError(source, "StoppingCondition.MaxRuntimeInSeconds", "a positive number", max_runtime)
     checkpoint = _obj(source, "CheckpointConfig", raw.get("CheckpointConfig"))
     checkpoint_s3 = _str(source, "CheckpointConfig.S3Uri", checkpoint.get("S3Uri"))
-    name = raw.get("TrainingJobName") or _default_name(hyperparameters)
+    name = raw.get("TrainingJobName") or default_job_name(_decode(hyperparameters.get("sagemaker_program")))
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(source, "TrainingJobName", "1-63 letters, digits or hyphens", name)
     program = _decode(hyperparameters.get("sagemaker_program"))
@@ -234,10 +234,10 @@ def _decode(value: str | None) -> str | None:
     return decoded if isinstance(decoded, str) else value
 
 
-def _default_name(hyperparameters: Mapping[str, str]) -> str:
-    program = _decode(hyperparameters.get("sagemaker_program")) or "job"
-    stem = re.sub(r"[^A-Za-z0-9]+", "-", os.path.splitext(os.path.basename(program))[0]).strip("-") or "job"
-    return stem[:40]
+def default_job_name(entry_point: str | None) -> str:
+    """A job name from the entry point's file name (``train_model.py`` -> ``train-model``)."""
+    stem = os.path.splitext(os.path.basename(entry_point or "job"))[0]
+    return (re.sub(r"[^A-Za-z0-9]+", "-", stem).strip("-") or "job")[:40]
 
 
 def with_overrides(spec: JobSpec, **changes: Any) -> JobSpec:
