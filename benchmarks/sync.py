@@ -131,6 +131,61 @@ print("DONE", flush=True)
 """
 
 
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of one live process and of its children it has reaped (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime, stime, cutime, cstime: a forked sync that already exited counts via its parent.
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children") as handle:
+                    stack.extend(int(c) for c in handle.read().split())
+            except OSError:
+                continue
+    return found
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and its live descendants (the reference forks its sync)."""
+    return sum(_proc_cpu(p) for p in _descendants(pid))
+
+
+def machine_busy() -> tuple[float, float]:
+    """CPU seconds the whole machine has spent not idle, and of those in interrupts (all cores)."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal: loopback TCP work is mostly softirq,
+    # charged to no process.
+    return (sum(values[:8]) - values[3] - values[4]) / tick, (values[5] + values[6]) / tick
+
+
+@dataclass
+class Cpu:
+    """CPU seconds spent between the first write and the last object visible."""
+
+    server: float = 0.0
+    tool: float = 0.0
+    bench: float = 0.0
+    machine: float = 0.0
+    interrupts: float = 0.0
+
+
 @dataclass
 class Result:
     files: int
@@ -138,6 +193,7 @@ class Result:
     seconds: float
     lost: int
     stray: int
+    cpu: Cpu
 
     # Rates count only what arrived: a lost file is not throughput.
     @property
@@ -196,7 +252,21 @@ def matches(want: bytes, got: tuple[int, str]) -> bool:
     return "-" in etag or etag == expected_etag(want)  # multipart ETags are not an MD5
 
 
-def run_one(tool: str, kind: str, args: argparse.Namespace, endpoint: str, bucket: str) -> Result:
+def _cpu_now(server_pids: list[int], tool_pid: int) -> Cpu:
+    mine = os.times()
+    machine, interrupts = machine_busy()
+    return Cpu(
+        server=sum(tree_cpu(pid) for pid in server_pids),
+        tool=tree_cpu(tool_pid),
+        bench=mine.user + mine.system,
+        machine=machine,
+        interrupts=interrupts,
+    )
+
+
+def run_one(
+    tool: str, kind: str, args: argparse.Namespace, endpoint: str, bucket: str, server_pids: list[int]
+) -> Result:
     import boto3
 
     client = boto3.client("s3", endpoint_url=endpoint, **{"region_name": "us-east-1"})
@@ -242,6 +312,7 @@ def run_one(tool: str, kind: str, args: argparse.Namespace, endpoint: str, bucke
         reader.start()
 
         inter = root / "output" / "intermediate"
+        cpu_start = _cpu_now(server_pids, proc.pid)
         started = time.monotonic()
         write_files(inter, files)
         (root / "output" / "success").write_text("")
@@ -265,6 +336,14 @@ def run_one(tool: str, kind: str, args: argparse.Namespace, endpoint: str, bucke
                 break
             time.sleep(0.5)
         finished = time.monotonic() if done_at is None else done_at
+        cpu_end = _cpu_now(server_pids, proc.pid)
+        cpu = Cpu(
+            server=cpu_end.server - cpu_start.server,
+            tool=cpu_end.tool - cpu_start.tool,
+            bench=cpu_end.bench - cpu_start.bench,
+            machine=cpu_end.machine - cpu_start.machine,
+            interrupts=cpu_end.interrupts - cpu_start.interrupts,
+        )
         try:
             proc.wait(timeout=600)
         except subprocess.TimeoutExpired:
@@ -276,7 +355,7 @@ def run_one(tool: str, kind: str, args: argparse.Namespace, endpoint: str, bucke
         lost = sum(1 for rel, data in want.items() if rel not in seen or not matches(data, seen[rel]))
         stray = sum(1 for rel in seen if rel not in want)
         megabytes = sum(len(d) for d in want.values()) / (1024 * 1024)
-        return Result(len(files), megabytes, finished - started, lost, stray)
+        return Result(len(files), megabytes, finished - started, lost, stray, cpu)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -298,6 +377,11 @@ def main() -> None:
         "--latency-ms", type=float, default=0.0, help="round-trip time added per request (real S3: ~10-30)"
     )
     parser.add_argument("--verbose", action="store_true", help="print smtk's own sync report")
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="also print CPU ms per file of the server, the tool's process(es), this process and the rest",
+    )
     args = parser.parse_args()
 
     tools = ["smtk", "reference"] if args.tool == "both" else [args.tool]
@@ -325,6 +409,7 @@ def main() -> None:
             )
             assert proxy.stdout is not None
             endpoint = f"http://127.0.0.1:{proxy.stdout.readline().strip()}"
+        server_pids = [server.pid] + ([proxy.pid] if proxy is not None else [])
         print(f"server: moto on loopback, added round-trip latency {args.latency_ms:g} ms", flush=True)
         os.environ.update(CREDENTIALS)
         import boto3
@@ -334,7 +419,7 @@ def main() -> None:
         results: dict[tuple[str, str], Result] = {}
         for kind in args.workloads.split(","):
             for tool in tools:
-                result = run_one(tool, kind, args, endpoint, bucket)
+                result = run_one(tool, kind, args, endpoint, bucket, server_pids)
                 results[(tool, kind)] = result
                 print(
                     f"{kind:7s} {tool:9s} {result.files:6d} files {result.megabytes:8.1f} MB "
@@ -343,6 +428,17 @@ def main() -> None:
                     f"lost {result.lost:5d}  stray {result.stray:5d}",
                     flush=True,
                 )
+                if args.cpu:
+                    c, n = result.cpu, result.files
+                    other = c.machine - c.server - c.tool - c.bench - c.interrupts
+                    print(
+                        f"{'':7s} {'':9s} cpu ms/file: server {c.server * 1000 / n:5.2f}  "
+                        f"{tool} {c.tool * 1000 / n:5.2f}  benchmark {c.bench * 1000 / n:5.2f}  "
+                        f"interrupts {c.interrupts * 1000 / n:5.2f}  "
+                        f"other {other * 1000 / n:5.2f}; cores busy "
+                        f"{c.machine / result.seconds:4.2f} of {os.cpu_count()}",
+                        flush=True,
+                    )
             if len(tools) == 2:
                 ours, theirs = results[("smtk", kind)], results[("reference", kind)]
                 print(

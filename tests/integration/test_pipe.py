@@ -332,3 +332,56 @@ def test_a_regular_file_where_the_fifo_should_be(tmp_path: Path) -> None:
     Path(env.paths.channel_dir("train") + "_0").write_bytes(b"x")
     with pytest.raises(ChannelError, match=r"train_0 is a regular file, not a FIFO"):
         env.channels["train"].epoch(0, timeout=5)
+
+
+def test_views_hand_over_page_aligned_buffers_that_never_change_under_you(
+    tmp_path: Path, feeders: list[subprocess.Popen[bytes]]
+) -> None:
+    import ctypes
+    import pickle
+
+    data = os.urandom(3 << 20)
+    env = job(tmp_path, train=PIPE)
+    feeder = feed(feeders, env, "train", source_dir(tmp_path, {"big": data}), "--epochs", "2")
+    train = env.channels["train"]
+    with train.epoch(0, timeout=120) as epoch:
+        # Drop each view at once: a few buffers serve the whole epoch.
+        buffers, total = set(), bytearray()
+        for view in epoch.views(64 << 10):
+            assert view.readonly and 0 < len(view) <= 64 << 10
+            # page-aligned: what the kernel copies into fastest
+            assert ctypes.addressof(ctypes.c_char.from_buffer(view.obj)) % mmap_page() == 0
+            buffers.add(id(view.obj))
+            total += view
+            del view
+        assert bytes(total) == data
+        assert len(buffers) <= 4
+    with train.epoch(1, timeout=120) as epoch:
+        # Hold every view (and one through another exporter): none is ever overwritten.
+        held = list(epoch.views(64 << 10))
+        kept = pickle.PickleBuffer(held[0])
+        first = bytes(held[0])
+        assert b"".join(held) == data
+        assert len({id(view.obj) for view in held}) == len(held)
+        del held
+        assert bytes(kept.raw()) == first == data[: len(first)]
+    assert feeder.wait(timeout=60) == 0
+
+
+def mmap_page() -> int:
+    import mmap
+
+    return mmap.PAGESIZE
+
+
+def test_records_as_views_from_a_fifo(tmp_path: Path, feeders: list[subprocess.Popen[bytes]]) -> None:
+    big, small = os.urandom(200_000), os.urandom(100)
+    records = [small] * 40 + [big, small, big] + [b""]
+    env = job(tmp_path, train=PIPE)
+    src = source_dir(tmp_path, {"records.rec": b"".join(encode_recordio(r) for r in records)})
+    feeder = feed(feeders, env, "train", src, "--epochs", "1")
+    with env.channels["train"].epoch(0, timeout=120) as epoch:
+        got = list(epoch.records("recordio", views=True))
+    assert all(isinstance(r, memoryview) and r.readonly for r in got)
+    assert [bytes(r) for r in got] == records
+    assert feeder.wait(timeout=60) == 0

@@ -283,22 +283,27 @@ def test_runs_of_same_length_records(length: int) -> None:
     ]
 
 
-@pytest.mark.parametrize("length", [0, 5, 100])
+@pytest.mark.parametrize(("length", "count"), [(0, 70), (5, 70), (100, 70), (96, 1500), (97, 1500)])
 @pytest.mark.parametrize("backend", ["auto", "python"])
-def test_tfrecord_runs_check_every_crc(length: int, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A run of same-length records has its data CRCs checked all at once; a flipped bit
-    # anywhere in any record's data or stored CRC must still be caught, at the right offset.
+def test_tfrecord_runs_check_every_crc(
+    length: int, count: int, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run of same-length records has its data CRCs checked all at once (as 32-bit words
+    # when the stride allows, else byte by byte; 1,500 records span several batches); a
+    # flipped bit anywhere in any record's data or stored CRC must still be caught, at the
+    # right offset.
     from smtk.channels import crc32c as crc_module
 
     monkeypatch.setenv("SMTK_CRC32C", backend)
     crc_module._get_backend.cache_clear()
     try:
-        records = [os.urandom(length) for _ in range(70)]
+        records = [os.urandom(length) for _ in range(count)]
         encoded = [encode_tfrecord(r) for r in records]
         data = b"".join(encoded)
         stride = len(encoded[0])
         assert list(open_records(data, "tfrecord")) == records
-        for index, where in ((0, 12), (33, 12 + length // 2), (69, 12 + length), (50, stride - 1)):
+        last = count - 1
+        for index, where in ((0, 12), (33, 12 + length // 2), (last, 12 + length), (50, stride - 1)):
             if where >= stride or (length == 0 and where < 12 + length):
                 continue
             bad = corrupt(data, index * stride + where)
@@ -308,13 +313,32 @@ def test_tfrecord_runs_check_every_crc(length: int, backend: str, monkeypatch: p
             assert list(reader) == records[:index] + records[index + 1 :]
             assert reader.skipped == 1
         # Two corrupt records in one run: both found.
-        bad = corrupt(corrupt(data, 3 * stride + 13 if length else 3 * stride + 12), 40 * stride + 12)
+        second = count - 30
+        bad = corrupt(corrupt(data, 3 * stride + 13 if length else 3 * stride + 12), second * stride + 12)
         reader = open_records(bad, "tfrecord", skip_corrupt=True)
-        assert list(reader) == [r for i, r in enumerate(records) if i not in (3, 40)]
+        assert list(reader) == [r for i, r in enumerate(records) if i not in (3, second)]
         assert reader.skipped == 2
     finally:
         monkeypatch.delenv("SMTK_CRC32C")
         crc_module._get_backend.cache_clear()
+
+
+@pytest.mark.parametrize(("length", "count"), [(0, 16), (96, 1500), (97, 1500), (1000, 100)])
+def test_tfrecord_bulk_crc_check_accepts_intact_runs_only(length: int, count: int) -> None:
+    # The bulk check itself (not the per-record fallback it hands failures to): true for
+    # an intact run at any offset in the buffer, false as soon as one bit of one record's
+    # data or stored CRC is wrong.
+    from smtk.channels.records import _tfrecord_run_crcs_ok
+
+    encoded = b"".join(encode_tfrecord(os.urandom(length)) for _ in range(count))
+    stride = 16 + length
+    for lead in (0, 1, 3):
+        buf = os.urandom(lead) + encoded
+        assert _tfrecord_run_crcs_ok(buf, lead, length, count)
+        for index in (0, count // 2, count - 1):
+            for where in {12, 12 + length // 2, stride - 1}:
+                bad = corrupt(buf, lead + index * stride + where)
+                assert not _tfrecord_run_crcs_ok(bad, lead, length, count)
 
 
 @settings(max_examples=40, deadline=None)
@@ -369,3 +393,85 @@ def test_big_tfrecord_crc_error_and_skip() -> None:
     reader = open_records(Trickle(bad, 100_000), "tfrecord", chunk_size=1024, skip_corrupt=True)
     assert list(reader) == records[:2] + records[3:]
     assert reader.skipped == 1
+
+
+# --- views=True ---------------------------------------------------------------------------
+
+
+def view_records() -> list[bytes]:
+    # Small and big, runs and singles, empty, and a payload that contains the magic.
+    return (
+        [os.urandom(100)] * 40
+        + [os.urandom(n) for n in (0, 1, 3, 70_000, 100_000, 5)]
+        + [os.urandom(100_000)] * 20
+        + [b"x" + MAGIC + b"y"]
+    )
+
+
+@pytest.mark.parametrize("fmt", ["recordio", "tfrecord"])
+def test_views_match_bytes_from_every_kind_of_source(fmt: str, tmp_path: Path) -> None:
+    records = view_records()
+    sink = io.BytesIO()
+    write_records(sink, records, fmt)
+    data = sink.getvalue()
+    for source in sources(data, tmp_path):
+        reader = open_records(source, fmt, views=True)
+        got = list(reader)
+        assert all(type(r) is memoryview and r.readonly for r in got), source
+        assert [bytes(r) for r in got] == records, source
+        assert reader.count == len(records) and reader.offset == len(data)
+
+
+def test_views_of_a_file_are_its_memory_mapping(tmp_path: Path) -> None:
+    import mmap
+
+    path = tmp_path / "data.rec"
+    records = [os.urandom(1000) for _ in range(50)]
+    path.write_bytes(b"".join(encode_recordio(r) for r in records))
+    reader = open_records(path, "recordio", views=True)
+    got = list(reader)
+    # Zero copy: every record views the one mapping of the file, which outlives the reader.
+    assert {type(r.obj) for r in got} == {mmap.mmap}
+    assert len({id(r.obj) for r in got}) == 1
+    reader.close()
+    assert [bytes(r) for r in got] == records
+    # Empty files are not mapped (mmap refuses them): simply no records.
+    (tmp_path / "empty").write_bytes(b"")
+    assert list(open_records(tmp_path / "empty", "recordio", views=True)) == []
+
+
+@pytest.mark.parametrize("cut", [3, 8 + 50, 8 + 100_000 - 1])
+def test_views_report_truncation_where_it_is(cut: int, tmp_path: Path) -> None:
+    whole = encode_recordio(b"a" * 16)
+    data = whole + encode_recordio(os.urandom(100_000))[:cut]
+    for source in sources(data, tmp_path):
+        with pytest.raises(RecordError) as info:
+            list(open_records(source, "recordio", views=True))
+        assert info.value.offset == len(whole), source
+
+
+@pytest.mark.parametrize("length", [100, 100_000])
+def test_views_check_tfrecord_crcs(length: int, tmp_path: Path) -> None:
+    # 100 B records are checked in bulk runs, 100 KB ones one by one; both catch a flipped bit.
+    records = [os.urandom(length) for _ in range(30)]
+    data = b"".join(encode_tfrecord(r) for r in records)
+    stride = length + 16
+    bad = corrupt(data, 17 * stride + 12 + length // 3)
+    for source, again in zip(sources(bad, tmp_path), sources(bad, tmp_path), strict=True):
+        with pytest.raises(RecordError, match=rf"byte offset {17 * stride}: TFRecord data CRC"):
+            list(open_records(source, "tfrecord", views=True))
+        reader = open_records(again, "tfrecord", views=True, skip_corrupt=True)
+        assert [bytes(r) for r in reader] == records[:17] + records[18:]
+        assert reader.skipped == 1
+
+
+def test_views_as_chunks_and_where_views_do_not_apply(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    path = tmp_path / "raw"
+    path.write_bytes(data)
+    chunks = list(open_records(path, "chunks", views=True, chunk_size=65536))
+    assert all(isinstance(c, memoryview) and 0 < len(c) <= 65536 for c in chunks)
+    assert b"".join(chunks) == data
+    for fmt in ("lines", "manifest"):
+        with pytest.raises(ChannelError, match=rf"views=True is not available for the '{fmt}' format"):
+            open_records(path, fmt, views=True)

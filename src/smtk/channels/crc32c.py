@@ -1,9 +1,10 @@
 """CRC32C (Castagnoli), as TFRecord uses it, with the TFRecord mask.
 
-Pure Python and table-driven: the hot loop folds one 32-bit word per step through two
-64 Ki-entry tables (about 20-30 MB/s on one core, built on first use in ~10 ms). When
-the optional C extension ``google-crc32c`` is installed it is used instead (GB/s);
-``SMTK_CRC32C=python`` forces the pure-Python code (for tests and comparisons).
+The C extension of ``google-crc32c`` (a dependency of smtk) does the work where it is
+usable (GB/s). The fallback is pure Python and table-driven: the hot loop folds one
+32-bit word per step through two 64 Ki-entry tables (about 20-30 MB/s on one core,
+built on first use in ~10 ms). ``SMTK_CRC32C=python`` forces the pure-Python code (for
+tests and comparisons).
 
 ::
 
@@ -12,6 +13,7 @@ the optional C extension ``google-crc32c`` is installed it is used instead (GB/s
     crc = crc32c(b"more", crc32c(b"some"))      # incremental
     masked_crc32c(payload)                       # what TFRecord stores
     value = crc32c_function()                    # fastest f(bytes) -> int, for hot loops
+    value = crc32c_function(any_buffer=True)     # ... that also takes memoryviews
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def crc32c_python(data: Buffer, crc: int = 0) -> int:
 def _choose_backend() -> Callable[[Buffer, int], int]:
     if os.environ.get("SMTK_CRC32C", "auto").lower() != "python":
         try:
-            import google_crc32c  # optional C extension
+            import google_crc32c  # a dependency; its C code may still be missing
         except ImportError:
             pass
         else:
@@ -90,16 +92,25 @@ def _get_backend() -> Callable[[Buffer, int], int]:
     return _choose_backend()
 
 
-def crc32c_function() -> Callable[[bytes], int]:
+def crc32c_function(*, any_buffer: bool = False) -> Callable[[bytes], int]:
     """The fastest one-argument CRC32C of ``bytes`` (``google_crc32c.value`` when usable).
 
     For hot loops: it skips the dispatch and the conversions :func:`crc32c` does.
+    ``any_buffer``: the function must also take ``memoryview``/``bytearray`` (the C
+    routine takes ``bytes`` only, so those are copied to ``bytes`` first).
     """
     if _get_backend() is crc32c_python:
         return crc32c_python
     import google_crc32c
 
-    return google_crc32c.value  # type: ignore[no-any-return]
+    value: Callable[[bytes], int] = google_crc32c.value
+    if not any_buffer:
+        return value
+
+    def value_of_buffer(data: Buffer) -> int:
+        return value(data if type(data) is bytes else bytes(data))
+
+    return value_of_buffer
 
 
 def crc32c(data: Buffer, crc: int = 0) -> int:

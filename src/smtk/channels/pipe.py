@@ -17,8 +17,9 @@ never comes, so it fails at once with a message saying so.
     from smtk.channels.pipe import open_epoch
 
     with open_epoch("/opt/ml/input/data/train", 0, timeout=60) as epoch:
-        for chunk in epoch:              # bytes, up to 1 MiB each
+        for chunk in epoch:              # bytes, up to 128 KiB each
             ...
+        # or: for view in epoch.views(): ...  (zero-copy, page-aligned buffers)
         # or: for record in epoch.records("recordio"): ...
 
 Settings (each also a keyword argument): ``SMTK_PIPE_TIMEOUT`` (seconds to wait for
@@ -34,9 +35,11 @@ import errno
 import fcntl
 import logging
 import math
+import mmap
 import os
 import select
 import stat
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -81,6 +84,11 @@ def setting(environ: Mapping[str, str] | None, name: str, default: float) -> flo
 #: faults cost more than the copy (measured: 8.7-9.7 GiB/s against 4.9-8 GiB/s). Record
 #: parsers keep 1 MiB reads: they parse in place and gain from fewer, larger reads.
 RAW_CHUNK_SIZE = 128 * 1024
+#: Size of the buffers ``PipeEpoch.views()`` reads into: larger than ``cat``'s reads, still
+#: small enough to stay in a core's L2 cache while the kernel copies into it.
+VIEW_CHUNK_SIZE = 256 * 1024
+#: How many page-aligned buffers ``PipeEpoch.views()`` keeps for reuse.
+_VIEW_POOL = 4
 
 
 def fifo_path(prefix: str, number: int) -> str:
@@ -171,7 +179,8 @@ class PipeEpoch:
             self.bytes_read += len(data)
             return data
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:
+    def readinto(self, buffer: bytearray | memoryview | mmap.mmap) -> int:
+        """Read up to ``len(buffer)`` bytes into ``buffer`` as soon as some arrive; 0 at EOF."""
         fd = self.fileno()
         if self._eof:
             return 0
@@ -194,6 +203,31 @@ class PipeEpoch:
             if not data:
                 return
             yield data
+
+    def views(self, size: int = VIEW_CHUNK_SIZE) -> Iterator[memoryview]:
+        """The epoch's bytes as read-only views of page-aligned buffers, ``size`` at most each.
+
+        The fastest way to read raw bytes: each read lands in a buffer that is aligned
+        to a memory page (as ``cat``'s is; the kernel copies into it fastest) and is
+        handed over without a copy. A buffer is read into again only once nothing
+        refers to it any more (no view of it, nor anything made from one, such as
+        ``numpy.frombuffer(view)``), so a view never changes while you hold it; holding
+        on to views only means that later reads use fresh buffers. ``bytes(view)`` makes
+        a copy to keep.
+        """
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        pool: list[mmap.mmap] = []
+        while True:
+            buffer = _free_buffer(pool)
+            if buffer is None:
+                buffer = mmap.mmap(-1, size)
+                if len(pool) < _VIEW_POOL:
+                    pool.append(buffer)
+            count = self.readinto(buffer)
+            if not count:
+                return
+            yield memoryview(buffer).toreadonly()[:count]
 
     def records(self, format: str = "chunks", **options: Any) -> RecordReader[Any]:
         """A reader of ``format`` over this epoch (manifests default to the channel's wrapper)."""
@@ -270,6 +304,19 @@ class PipeEpoch:
         except OSError:
             return
         _finished[os.path.abspath(self.path)] = _identity(st)
+
+
+def _free_buffer(pool: list[mmap.mmap]) -> mmap.mmap | None:
+    """A buffer of ``pool`` that nothing but the pool refers to, if any.
+
+    Every view handed out holds (through its shared buffer record) one reference to
+    the ``mmap`` it views; the pool's list, the loop variable and ``getrefcount``'s
+    argument account for the other three.
+    """
+    for buffer in pool:
+        if sys.getrefcount(buffer) == 3:
+            return buffer
+    return None
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:

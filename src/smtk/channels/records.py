@@ -25,12 +25,27 @@ records in bulk, see ``_cut``; records of 64 KiB and more straight from the sour
 copy); records are ``bytes``. Input that ends inside a record raises :class:`RecordError` naming the
 source and the byte offset; it is never a silent short read.
 
+Zero-copy (``views=True``; formats ``chunks``, ``recordio`` and ``tfrecord``): records
+are read-only ``memoryview`` objects instead of ``bytes``. A file given by its path is
+mapped into memory (``mmap``), so a record is a view of the page cache: nothing is
+copied, and its bytes are read from disk when something touches them (``np.frombuffer``,
+``torch.frombuffer``, ``PIL.Image.open(io.BytesIO(view))``, ``bytes(view)``). Other
+sources (FIFOs, streams) are read as usual and records are views of the buffers they
+were read into. A view stays valid for as long as you hold it; nothing is ever written
+into a buffer a view points to. Take ``bytes(view)`` for a record you keep for long:
+a view keeps its whole buffer alive. A mapped file must not shrink while its records
+are in use (touching a page past the new end kills the process with ``SIGBUS``), which
+holds for channel files. A TFRecord CRC check copies each record once (the C CRC
+routine takes ``bytes`` only).
+
 ::
 
     from smtk.channels.records import open_records, encode_recordio
 
     for payload in open_records("/data/train.rec", "recordio"):
         ...
+    for view in open_records("/data/images.rec", "recordio", views=True):
+        image = decode(view)                  # no copy made by the reader
     with open_records(sys.stdin.buffer, "tfrecord", skip_corrupt=True) as reader:
         n = sum(1 for _ in reader)
         print(n, "records,", reader.skipped, "skipped")
@@ -42,13 +57,15 @@ import functools
 import io
 import json
 import logging
+import mmap
 import os
+import stat
 import struct
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from itertools import chain
-from typing import IO, Any, ClassVar, Generic, Literal, TypeVar, Union
+from typing import IO, Any, ClassVar, Generic, Literal, TypeVar, Union, cast
 
-from smtk.channels.crc32c import crc32c, crc32c_function, mask, masked_crc32c
+from smtk.channels.crc32c import Buffer, crc32c, crc32c_function, mask, masked_crc32c
 from smtk.errors import ChannelError
 
 logger = logging.getLogger("smtk")
@@ -64,6 +81,8 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 
 Format = Literal["chunks", "lines", "recordio", "tfrecord", "manifest"]
 FORMATS: tuple[str, ...] = ("chunks", "lines", "recordio", "tfrecord", "manifest")
+#: The formats that can hand out records as ``memoryview`` (``views=True``).
+VIEW_FORMATS: tuple[str, ...] = ("chunks", "recordio", "tfrecord")
 
 #: What a reader accepts: a path, an open file descriptor, bytes, or an object with
 #: ``read(n)`` (files, sockets' makefile, BytesIO, a Pipe epoch, ``sys.stdin.buffer``).
@@ -98,13 +117,18 @@ class _Stream:
     * *direct mode* (``direct = True``, set by a reader that just read a big record
       straight from the source with :meth:`take_exact`): refills read only what is asked
       for (the next header), so the next big payload again arrives in one read, one copy.
+
+    With ``views`` every buffer is a read-only ``memoryview``, so the parsers' slices are
+    views too (typed as ``bytes`` here: they support every operation the parsers use); a
+    regular file given by path becomes one buffer: its memory mapping.
     """
 
-    def __init__(self, source: Source, chunk_size: int) -> None:
+    def __init__(self, source: Source, chunk_size: int, *, views: bool = False) -> None:
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self.chunk_size = chunk_size
-        self.buf = b""
+        self.views = views
+        self.buf = _view(b"") if views else b""
         self.pos = 0
         self.base = 0
         self.direct = False
@@ -112,7 +136,7 @@ class _Stream:
         self._read: Callable[[int], bytes]
         if isinstance(source, (bytes, bytearray, memoryview)):
             self.name = "<bytes>"
-            self.buf = bytes(source)
+            self.buf = _view(source) if views else bytes(source)
             self._read = _no_more
         elif isinstance(source, (str, os.PathLike)):
             self.name = os.fspath(source)
@@ -121,6 +145,13 @@ class _Stream:
             except OSError as exc:
                 raise ChannelError(f"cannot open {self.name}: {exc.strerror}") from None
             self._read = functools.partial(os.read, self._fd)
+            mapping = _map_file(self._fd) if views else None
+            if mapping is not None:
+                # The mapping keeps the file's pages reachable; the descriptor can go.
+                os.close(self._fd)
+                self._fd = None
+                self.buf = _view(mapping)
+                self._read = _no_more
         elif isinstance(source, int):
             self.name = f"<fd {source}>"
             self._read = functools.partial(os.read, source)
@@ -131,6 +162,14 @@ class _Stream:
             self._read = getattr(source, "read1", None) or source.read
         else:
             raise TypeError(f"cannot read records from {type(source).__name__}")
+        if views and self._read is not _no_more:
+            read = self._read
+            self._read = lambda size: _view(read(size))
+
+    def _joined(self, parts: list[bytes]) -> bytes:
+        if len(parts) == 1:
+            return parts[0]
+        return _view(b"".join(parts)) if self.views else b"".join(parts)
 
     @property
     def offset(self) -> int:
@@ -161,7 +200,7 @@ class _Stream:
             parts.append(chunk)
             have += len(chunk)
             want = needed - have
-        self.buf = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.buf = self._joined(parts) if parts else self.buf[:0]
         self.pos = 0
         return have >= needed
 
@@ -179,7 +218,7 @@ class _Stream:
             return buf[start:end]
         parts = [buf[start:]] if start < len(buf) else []
         self.base += len(buf)
-        self.buf, self.pos = b"", 0
+        self.buf, self.pos = buf[:0], 0
         need = end - max(start, len(buf))
         read = self._read
         while need > 0:
@@ -189,7 +228,7 @@ class _Stream:
             parts.append(chunk)
             need -= len(chunk)
             self.base += len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return self._joined(parts) if parts else self.buf[:0]
 
     def take(self, limit: int | None = None) -> bytes:
         """What is buffered (at most ``limit`` bytes), else the next read; ``b""`` at the end."""
@@ -199,12 +238,12 @@ class _Stream:
             data = buf if pos == 0 and end == len(buf) else buf[pos:end]
             if end == len(buf):
                 self.base += end
-                self.buf, self.pos = b"", 0
+                self.buf, self.pos = buf[:0], 0
             else:
                 self.pos = end
             return data
         self.base += len(buf)
-        self.buf, self.pos = b"", 0
+        self.buf, self.pos = buf[:0], 0
         data = self._read(self.chunk_size if limit is None else min(limit, self.chunk_size))
         self.base += len(data)
         return data
@@ -219,14 +258,41 @@ def _no_more(_n: int) -> bytes:
     return b""
 
 
+def _view(data: Buffer | mmap.mmap) -> bytes:
+    """A read-only byte view of ``data`` (typed as ``bytes``: see ``_Stream``)."""
+    return cast(bytes, memoryview(data).toreadonly().cast("B"))
+
+
+def _map_file(fd: int) -> mmap.mmap | None:
+    """A read-only mapping of the regular file ``fd``; ``None`` where one cannot be made.
+
+    Empty files, non-regular files and file systems without ``mmap`` are read as streams.
+    """
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+            return None
+        mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+    # Records are parsed front to back: let the kernel read ahead generously.
+    mapping.madvise(mmap.MADV_SEQUENTIAL)
+    return mapping
+
+
 class RecordReader(Generic[T]):
     """One pass over one source. Iterate it once; ``close()`` (or ``with``) ends early."""
 
     format: ClassVar[str] = ""
 
-    def __init__(self, source: Source, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(self, source: Source, *, chunk_size: int = DEFAULT_CHUNK_SIZE, views: bool = False) -> None:
+        if views and self.format not in VIEW_FORMATS:
+            raise ChannelError(
+                f"views=True is not available for the {self.format!r} format; "
+                f"it is for {', '.join(VIEW_FORMATS)}"
+            )
         # A reader may be layered on another's stream (the manifest reader does).
-        self._stream = source if isinstance(source, _Stream) else _Stream(source, chunk_size)
+        self._stream = source if isinstance(source, _Stream) else _Stream(source, chunk_size, views=views)
         self._batches_gen: Generator[Sequence[T], None, None] | None = None
         #: Records handed out (for ``manifest``: lines).
         self.count = 0
@@ -331,6 +397,7 @@ class RecordIOReader(RecordReader[bytes]):
         stream = self._stream
         unpack = _RIO.unpack_from
         magic_word, length_mask = RECORDIO_MAGIC, _LENGTH_MASK
+        cut = _cut_views if stream.views else _cut
         cooldown = _RUN_MIN
         while True:
             # Big single-part records, one after another: each read straight from the
@@ -374,7 +441,7 @@ class RecordIOReader(RecordReader[bytes]):
                     if fit >= _RUN_MIN:
                         run = _run_length(buf, pos, stride, 8, fit)
                         if run >= _RUN_MIN:
-                            out += _cut(buf, pos, 8, word, stride - 8 - word, run)
+                            out += cut(buf, pos, 8, word, stride - 8 - word, run)
                             pos += run * stride
                             cooldown = _RUN_MIN
                             continue
@@ -469,7 +536,8 @@ class RecordIOReader(RecordReader[bytes]):
             parts.append(self._part(at, length))
             if flag == 3:
                 # Writers split a payload where it contains the magic word; put it back.
-                return _MAGIC_BYTES.join(parts)
+                joined = _MAGIC_BYTES.join(parts)
+                return _view(joined) if self._stream.views else joined
 
 
 # --- runs of same-length records ----------------------------------------------------------
@@ -481,6 +549,10 @@ class RecordIOReader(RecordReader[bytes]):
 # about 10 ns a record against ~150 ns for a Python loop over headers.
 
 _RUN_MIN = 16
+#: Runs of TFRecords up to this stride have their CRCs checked in bulk; bigger records
+#: are checked one by one (a call per record is then cheap next to the CRC itself, and
+#: bulk batches of big records would copy megabytes through fresh memory).
+_BULK_CRC_MAX_STRIDE = 4096
 _RUN_WINDOW_MAX = 1024
 _RUN_MAX_COOLDOWN = 4096
 _CUT_BATCH = 1024
@@ -504,7 +576,7 @@ def _run_length(buf: bytes, pos: int, stride: int, hsize: int, fit: int) -> int:
     Checks growing windows (16, 32, ... 1024 records), so the cost follows the run's
     length; a window that fails is halved down to ``_RUN_MIN`` to find where it ends.
     """
-    header = buf[pos : pos + hsize]
+    header = bytes(buf[pos : pos + hsize])
     done = 0
     window = _RUN_MIN
     while done < fit:
@@ -539,13 +611,38 @@ def _cut(buf: bytes, pos: int, hsize: int, length: int, tsize: int, count: int) 
     return out
 
 
+def _cut_views(buf: bytes, pos: int, hsize: int, length: int, tsize: int, count: int) -> list[bytes]:
+    """Like :func:`_cut`, for a ``memoryview`` buffer: the payloads as views of it."""
+    stride = hsize + length + tsize
+    start = pos + hsize
+    return [buf[at : at + length] for at in range(start, start + count * stride, stride)]
+
+
 @functools.lru_cache(maxsize=128)
-def _lanes(value: int, count: int) -> int:
-    """``value`` repeated in ``count`` 64-bit lanes of one integer (lane 0 lowest)."""
-    return int.from_bytes(value.to_bytes(8, "little") * count, "little")
+def _lanes(value: int, count: int, width: int = 8) -> int:
+    """``value`` repeated in ``count`` lanes of ``width`` bytes of one integer (lane 0 lowest)."""
+    return int.from_bytes(value.to_bytes(width, "little") * count, "little")
 
 
-def _tfrecord_run_crcs_ok(buf: bytes, pos: int, length: int, count: int) -> bool:
+def _unmasked_lanes(stored: int, size: int, width: int) -> int:
+    """Unmask every lane of ``stored`` (``size`` masked CRCs in lanes of ``width`` bytes) at once.
+
+    Unmasking subtracts ``_MASK_DELTA`` modulo 2**32 and rotates left by 15. In 8-byte
+    lanes the subtraction's borrow stays in the lane's spare high half; 4-byte lanes
+    have none, so the sum is taken without the top bit of each lane and that bit is
+    put back by XOR (carry-less in the top bit), the usual SIMD-within-a-register add.
+    """
+    add = 0x100000000 - _MASK_DELTA
+    if width == 8:
+        rot = (stored + _lanes(add, size)) & _lanes(0xFFFFFFFF, size)
+    else:
+        rot = ((stored & _lanes(0x7FFFFFFF, size, 4)) + _lanes(add & 0x7FFFFFFF, size, 4)) ^ (
+            (stored & _lanes(0x80000000, size, 4)) ^ _lanes(add & 0x80000000, size, 4)
+        )
+    return ((rot >> 17) & _lanes(0x7FFF, size, width)) | ((rot << 15) & _lanes(0xFFFF8000, size, width))
+
+
+def _tfrecord_run_crcs_ok(buf: Buffer, pos: int, length: int, count: int) -> bool:
     """Whether every data CRC of a run of ``count`` TFRecords of ``length`` bytes is right.
 
     A few CRC passes over the whole run instead of ``count`` calls. CRC32C without its
@@ -557,29 +654,39 @@ def _tfrecord_run_crcs_ok(buf: bytes, pos: int, length: int, count: int) -> bool
     image of each record's error: it matches when all records are intact, never when
     one is corrupt, and with probability 2**-32 when several errors cancel (the
     strength of the CRC itself). A failed check is redone record by record, which
-    says which one. Unmasking runs on all stored CRCs of a batch at once, as 64-bit
-    lanes of one big integer. Batches stay under ~64 KiB, which keep the copies hot
-    in the CPU cache.
+    says which one. Unmasking runs on all stored CRCs of a batch at once, as lanes of
+    one big integer (see ``_unmasked_lanes``). When the records are a whole number of
+    4-byte words long, the CRCs are gathered and scattered as strided 32-bit words;
+    otherwise byte by byte. Batches stay under ~64 KiB, which keep the copies hot in
+    the CPU cache.
     """
     stride = 16 + length
-    header = buf[pos : pos + 12]
+    header = bytes(buf[pos : pos + 12])
     batch = max(_RUN_MIN, (64 << 10) // stride)
     view = memoryview(buf)
+    words = not stride & 3
+    step = stride >> 2
     state = 0xFFFFFFFF  # crc32c() continuing from this starts from a zero register: g
     while count:
         size = min(batch, count)
         end = pos + size * stride
-        lanes = bytearray(8 * size)
-        for k in range(4):
-            lanes[k::8] = buf[pos + 12 + length + k : end : stride]
-        rot = (int.from_bytes(lanes, "little") + _lanes(0x100000000 - _MASK_DELTA, size)) & _lanes(
-            0xFFFFFFFF, size
-        )
-        unmasked = ((rot >> 17) & _lanes(0x7FFF, size)) | ((rot << 15) & _lanes(0xFFFF8000, size))
-        values = (unmasked ^ _lanes(_zeros_crc(length), size)).to_bytes(8 * size, "little")
+        first = pos + 12 + length  # the first record's data CRC
         copy = bytearray(view[pos:end])
-        for k in range(4):
-            copy[12 + length + k :: stride] = values[k::8]
+        if words:
+            stored = view[first : first + (size - 1) * stride + 4].cast("I")[::step]
+            values = _unmasked_lanes(int.from_bytes(stored, "little"), size, 4)
+            values ^= _lanes(_zeros_crc(length), size, 4)
+            target = memoryview(copy)[12 + length : 12 + length + (size - 1) * stride + 4]
+            target.cast("I")[::step] = memoryview(values.to_bytes(4 * size, "little")).cast("I")
+        else:
+            lanes = bytearray(8 * size)
+            for k in range(4):
+                lanes[k::8] = view[first + k : end : stride]
+            values = _unmasked_lanes(int.from_bytes(lanes, "little"), size, 8)
+            values ^= _lanes(_zeros_crc(length), size)
+            packed = values.to_bytes(8 * size, "little")
+            for k in range(4):
+                copy[12 + length + k :: stride] = packed[k::8]
         state = crc32c(bytes(copy), state) ^ _headers_g(header, stride, size)
         pos = end
         count -= size
@@ -612,8 +719,9 @@ class TFRecordReader(RecordReader[bytes]):
         check_crc: bool = True,
         skip_corrupt: bool = False,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        views: bool = False,
     ) -> None:
-        super().__init__(source, chunk_size=chunk_size)
+        super().__init__(source, chunk_size=chunk_size, views=views)
         self.check_crc = check_crc
         self.skip_corrupt = skip_corrupt
         self._length_crcs: dict[int, int] = {}
@@ -634,7 +742,9 @@ class TFRecordReader(RecordReader[bytes]):
         known_length_crcs = self._length_crcs
         length_crc = self._length_crc
         check = self.check_crc
-        crc = crc32c_function()
+        # Without CRC checks the C extension is not even imported (a few ms).
+        crc = crc32c_function(any_buffer=stream.views) if check else crc32c
+        cut = _cut_views if stream.views else _cut
         delta, low32 = _MASK_DELTA, 0xFFFFFFFF
         cooldown = _RUN_MIN
         while True:
@@ -677,10 +787,10 @@ class TFRecordReader(RecordReader[bytes]):
                 if pos >= next_probe:
                     stride = length + 16
                     fit = (size - pos) // stride
-                    if fit >= _RUN_MIN:
+                    if fit >= _RUN_MIN and (not check or stride <= _BULK_CRC_MAX_STRIDE):
                         run = _run_length(buf, pos, stride, 12, fit)
                         if run >= _RUN_MIN and (not check or _tfrecord_run_crcs_ok(buf, pos, length, run)):
-                            out += _cut(buf, pos, 12, length, 4, run)
+                            out += cut(buf, pos, 12, length, 4, run)
                             pos += run * stride
                             cooldown = _RUN_MIN
                             continue
@@ -795,6 +905,7 @@ class ManifestReader(RecordReader[dict[str, Any]]):
         attribute_names: Sequence[str] | None = None,
         record_wrapper: str = "None",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        views: bool = False,
     ) -> None:
         if record_wrapper not in ("None", "RecordIO"):
             raise ValueError(f"record_wrapper must be 'None' or 'RecordIO', got {record_wrapper!r}")
@@ -805,7 +916,7 @@ class ManifestReader(RecordReader[dict[str, Any]]):
             )
         self.attribute_names = tuple(attribute_names or ())
         self.record_wrapper = record_wrapper
-        super().__init__(source, chunk_size=chunk_size)
+        super().__init__(source, chunk_size=chunk_size, views=views)
 
     def _batches(self) -> Iterator[Sequence[dict[str, Any]]]:
         lines = self._regrouped() if self.record_wrapper == "RecordIO" else self._json_lines()
