@@ -7,7 +7,10 @@
    chunks (``for chunk in epoch``). The readers take turns (the order rotates every
    round), so a noisy machine hits all alike. cat is timed from spawn to exit; smtk from
    just before ``open_epoch`` to EOF, inside its process (interpreter start-up not
-   counted). Target: smtk views/cat >= 1.0.
+   counted). With two CPUs or more the writer is pinned to one CPU and every reader to
+   another (``--no-pin`` leaves placement to the scheduler): unpinned, whether the
+   scheduler wakes the reader on the writer's CPU, which halves throughput, varies from
+   run to run by more than the readers differ. Target: smtk views/cat >= 1.0.
 2. Records/s: RecordIO and TFRecord files of small (100 B) and large (100 KB) records,
    parsed by smtk's readers and by the reference toolkit's ``_read_recordio`` (run in
    ``.venv-ref`` or ``$SMTK_REFERENCE_PYTHON``). Target: >= 3x the reference's records/s.
@@ -93,10 +96,19 @@ def wait_for_fifo(path: str) -> None:
     raise RuntimeError(f"{path} never appeared")
 
 
-def feeder(source: Path, data_dir: Path, channel: str) -> subprocess.Popen[bytes]:
+def pinned(cpu: int | None) -> Any:
+    """A ``preexec_fn`` that pins the child to ``cpu`` (``None``: no pinning)."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+# preexec_fn (PLW1509) is safe here: this process runs no other threads when it forks.
+def feeder(source: Path, data_dir: Path, channel: str, cpu: int | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [SMTK, "pipe-feed", "--channel", channel, "--source", str(source), "--data-dir", str(data_dir)],
         stderr=subprocess.DEVNULL,
+        preexec_fn=pinned(cpu),  # noqa: PLW1509
     )
 
 
@@ -117,12 +129,20 @@ print(json.dumps({"records": count, "seconds": time.perf_counter() - started}))
 """
 
 
-def run_json(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    result = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
+def run_json(argv: list[str], env: dict[str, str] | None = None, cpu: int | None = None) -> dict[str, Any]:
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        preexec_fn=pinned(cpu),
+    )
     return dict(json.loads(result.stdout))
 
 
-def raw_read(tmp: Path, size_mb: int, repeat: int) -> None:
+def raw_read(tmp: Path, size_mb: int, repeat: int, pin: tuple[int, int] | None) -> None:
+    writer, reader = pin or (None, None)
     source = tmp / "raw.bin"
     with source.open("wb") as handle:
         block = os.urandom(1 << 20)
@@ -132,17 +152,22 @@ def raw_read(tmp: Path, size_mb: int, repeat: int) -> None:
     times: dict[str, list[float]] = {"cat": [], "views": [], "chunks": []}
 
     def cat_trial(data: Path) -> None:
-        feed = feeder(source, data, "cat")
+        feed = feeder(source, data, "cat", writer)
         wait_for_fifo(str(data / "cat_0"))
         started = time.perf_counter()
         with open(os.devnull, "wb") as null:
-            subprocess.run(["cat", str(data / "cat_0")], stdout=null, check=True)
+            subprocess.run(
+                ["cat", str(data / "cat_0")],
+                stdout=null,
+                check=True,
+                preexec_fn=pinned(reader),
+            )
         times["cat"].append(time.perf_counter() - started)
         feed.wait(timeout=120)
 
     def smtk_trial(data: Path, how: str) -> None:
-        feed = feeder(source, data, "smtk")
-        measured = run_json([sys.executable, "-c", READ_EPOCH, str(data / "smtk"), how])
+        feed = feeder(source, data, "smtk", writer)
+        measured = run_json([sys.executable, "-c", READ_EPOCH, str(data / "smtk"), how], cpu=reader)
         assert measured["bytes"] == size, measured
         times[how].append(measured["seconds"])
         feed.wait(timeout=120)
@@ -153,7 +178,8 @@ def raw_read(tmp: Path, size_mb: int, repeat: int) -> None:
         for run in trials[trial % 3 :] + trials[: trial % 3]:
             run(data)
     gib = size / (1 << 30)
-    print(f"raw Pipe read, {size_mb} MiB, {repeat} rounds (best / median):")
+    placement = f"writer on CPU {writer}, readers on CPU {reader}" if pin else "not pinned"
+    print(f"raw Pipe read, {size_mb} MiB, {repeat} rounds, {placement} (best / median):")
     rows = (
         ("cat", "cat FIFO > /dev/null"),
         ("views", "smtk epoch.views()"),
@@ -247,10 +273,13 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=300_000, help="number of 100 B records")
     parser.add_argument("--large", type=int, default=1000, help="number of 100 KB records")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-pin", action="store_true", help="leave raw-read processes unpinned")
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = None if args.no_pin or len(cpus) < 2 else (cpus[0], cpus[1])
     tmp = Path(tempfile.mkdtemp(prefix="smtk-bench-pipe-"))
     try:
-        raw_read(tmp, args.size_mb, args.repeat)
+        raw_read(tmp, args.size_mb, args.repeat, pin)
         parsing(tmp, args.small, args.large, args.repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
