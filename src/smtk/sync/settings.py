@@ -51,6 +51,8 @@ class SyncSettings:
     flush_seconds: float = 60.0
     #: Whether failed or abandoned uploads should fail the job.
     strict: bool = False
+    #: Send small files with the lean signed PUT of :mod:`smtk.sync.fastput` (botocore otherwise).
+    fast_put: bool = True
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> SyncSettings:
@@ -67,4 +69,5 @@ class SyncSettings:
             ),
             flush_seconds=settings.number(environ, "SMTK_SYNC_FLUSH_SECONDS", 60, minimum=0),
             strict=settings.flag(environ, "SMTK_SYNC_STRICT", default=False),
+            fast_put=settings.flag(environ, "SMTK_SYNC_FAST_PUT", default=True),
         )

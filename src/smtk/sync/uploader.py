@@ -14,8 +14,10 @@ rules that make it lose nothing and send little twice:
 - A file gone before its upload is skipped. A name that was *renamed away* inside
   the tree after being uploaded has its object deleted (the content lives on under
   the new name); a plain deletion is not propagated.
-- Small files are read into memory and sent with one ``PutObject``; files of at
-  least ``multipart_threshold`` bytes go through boto3's ``TransferManager``
+- Small files are read into memory and sent with one ``PutObject``: by the lean
+  signed PUT of :mod:`smtk.sync.fastput` once it has learned the bucket's route
+  from botocore, else (and whenever that fails) by botocore's ``put_object``. Files
+  of at least ``multipart_threshold`` bytes go through boto3's ``TransferManager``
   (multipart, parallel parts). Transient errors are retried with backoff
   (:mod:`smtk.sync.retry`); a permanent one is logged once per bucket and error code.
 - :meth:`Uploader.flush` drains everything within a deadline; :meth:`Uploader.abort`
@@ -38,13 +40,17 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtk.redact import redact_text
 from smtk.sync.results import TargetCounts
 from smtk.sync.retry import Aborted, RetryPolicy, describe, error_code, is_transient
 from smtk.sync.settings import SyncSettings
+
+if TYPE_CHECKING:
+    from smtk.sync.fastput import FastPut
 
 log = logging.getLogger("smtk.sync")
 
@@ -135,6 +141,8 @@ class Uploader:
         self._client_lock = threading.Lock()
         self._client: Any = None
         self._manager: Any = None
+        self._fast: FastPut | None = None
+        self._fast_checked = False
         self._transfers: set[Any] = set()
         self._policy = RetryPolicy(
             max_seconds=settings.retry_seconds,
@@ -149,6 +157,16 @@ class Uploader:
             thread = threading.Thread(target=self._work, name=f"smtk-sync-upload-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        # Importing boto3 and building the client takes ~0.3 s of CPU: do it now, beside
+        # the user's start-up, rather than in front of the first file's upload.
+        threading.Thread(target=self._warm_up, name="smtk-sync-client", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        try:
+            self._get_client()
+            self._get_fast()
+        except Exception as exc:  # the first upload builds it again and reports the error
+            log.debug("could not build the S3 client yet: %s", redact_text(str(exc), self._secrets))
 
     def flush(self, deadline: float) -> bool:
         """Upload everything queued, ignoring the debounce; ``False`` if ``deadline`` passed first."""
@@ -172,6 +190,7 @@ class Uploader:
         for future in transfers:
             future.cancel()
         self._close_manager()
+        self._close_fast()
         return abandoned
 
     def close(self) -> None:
@@ -180,12 +199,24 @@ class Uploader:
             self._abort.set()
             self._cond.notify_all()
         self._close_manager()
+        self._close_fast()
 
     def _close_manager(self) -> None:
         manager = self._manager
         if manager is not None:
             # shutdown() waits for running transfers; never let that wait block the job.
             threading.Thread(target=manager.shutdown, kwargs={"cancel": True}, daemon=True).start()
+
+    def _close_fast(self) -> None:
+        fast = self._fast
+        if fast is not None:
+            log.debug(
+                "fast PUT path: %d objects sent, %d handed to botocore after a failure%s",
+                fast.sent,
+                fast.fell_back,
+                "" if fast.enabled else " (switched off)",
+            )
+            fast.close()
 
     # -- what watchers call ---------------------------------------------------------
 
@@ -347,7 +378,19 @@ class Uploader:
             self._enqueue(key, forced=True)
             return
         client = self._get_client()
-        self._policy.call(client.put_object, Bucket=target.bucket, Key=target.key(key[1]), Body=data)
+        object_key = target.key(key[1])
+        fast = self._get_fast()
+        if fast is None or not fast.put(target.bucket, object_key, data):
+            if self._abort.is_set():
+                raise Aborted("sync stopped during the upload")
+            # botocore: before the bucket's route is known (this request teaches it), and
+            # for any object the fast path could not store (errors, retries, redirects and
+            # their reports exactly as without it).
+            learning: AbstractContextManager[None] = (
+                nullcontext() if fast is None else fast.observe(target.bucket, object_key, data)
+            )
+            with learning:
+                self._policy.call(client.put_object, Bucket=target.bucket, Key=object_key, Body=data)
         self._succeeded(key, before, read_start, len(data))
 
     def _upload_large(self, key: _Key, path: str) -> None:
@@ -458,6 +501,23 @@ class Uploader:
                     self._environ, max_pool_connections=self.settings.workers * 2 + 4, retries=2
                 )
             return self._client
+
+    def _get_fast(self) -> FastPut | None:
+        """The lean PUT path for small files, or ``None`` (switched off or not applicable)."""
+        if self._fast_checked:
+            return self._fast
+        client = self._get_client()
+        with self._client_lock:
+            if not self._fast_checked:
+                if self.settings.fast_put:
+                    from smtk.sync.fastput import FastPut
+
+                    try:
+                        self._fast = FastPut.create(client, self._environ)
+                    except Exception as exc:  # botocore changed under us: do without it
+                        log.debug("the fast PUT path is not available: %s", type(exc).__name__)
+                self._fast_checked = True
+            return self._fast
 
     def _get_manager(self) -> Any:
         client = self._get_client()
