@@ -2,15 +2,18 @@
 
 1. Raw read: ``smtk pipe-feed`` (the same writer, ``sendfile`` into the FIFO) streams the
    same file into a FIFO for each trial; ``cat FIFO > /dev/null`` reads it, or a Pipe
-   channel epoch does, either as zero-copy views of page-aligned buffers
-   (``for view in epoch.views()``, the raw-read API the target is for) or as ``bytes``
-   chunks (``for chunk in epoch``). The readers take turns (the order rotates every
-   round), so a noisy machine hits all alike. cat is timed from spawn to exit; smtk from
-   just before ``open_epoch`` to EOF, inside its process (interpreter start-up not
-   counted). With two CPUs or more the writer is pinned to one CPU and every reader to
-   another (``--no-pin`` leaves placement to the scheduler): unpinned, whether the
-   scheduler wakes the reader on the writer's CPU, which halves throughput, varies from
-   run to run by more than the readers differ. Target: smtk views/cat >= 1.0.
+   channel epoch does: into one 512 KiB page-aligned buffer of the caller's own
+   (``epoch.readinto(buffer)`` in a loop: the raw read, which is what ``cat`` does with
+   its 128 KiB buffer; the target is for this row), as zero-copy views
+   (``for view in epoch.views()``: two buffers alternate, because a view is never
+   overwritten while the caller may still hold it), or as ``bytes`` chunks
+   (``for chunk in epoch``: a fresh object each time). The readers take turns (the order
+   rotates every round), so a noisy machine hits all alike. cat is timed from spawn to
+   exit; smtk from just before ``open_epoch`` to EOF, inside its process (interpreter
+   start-up not counted). With two CPUs or more the writer is pinned to one CPU and every
+   reader to another (``--no-pin`` leaves placement to the scheduler): unpinned, whether
+   the scheduler wakes the reader on the writer's CPU, which halves throughput, varies
+   from run to run by more than the readers differ. Target: smtk readinto/cat >= 1.0.
 2. Records/s: RecordIO and TFRecord files of small (100 B) and large (100 KB) records,
    parsed by smtk's readers and by the reference toolkit's ``_read_recordio`` (run in
    ``.venv-ref`` or ``$SMTK_REFERENCE_PYTHON``). Target: >= 3x the reference's records/s.
@@ -27,6 +30,7 @@ ratios (each taken between runs made seconds apart).
 ::
 
     .venv/bin/python benchmarks/pipe.py [--size-mb 512] [--small 300000] [--large 1000] [--repeat 5]
+                                        [--part all|raw|records] [--no-pin]
 """
 
 from __future__ import annotations
@@ -48,13 +52,18 @@ REPO = Path(__file__).resolve().parent.parent
 SMTK = str(Path(sys.executable).parent / "smtk")
 
 READ_EPOCH = """
-import json, sys, time
+import json, mmap, sys, time
 from smtk.channels.pipe import open_epoch
 started = time.perf_counter()
 total = 0
 with open_epoch(sys.argv[1], 0, timeout=120) as epoch:
-    for chunk in (epoch.views() if sys.argv[2] == "views" else epoch):
-        total += len(chunk)
+    if sys.argv[2] == "readinto":
+        buffer = mmap.mmap(-1, 512 << 10)
+        while count := epoch.readinto(buffer):
+            total += count
+    else:
+        for chunk in (epoch.views() if sys.argv[2] == "views" else epoch):
+            total += len(chunk)
 print(json.dumps({"bytes": total, "seconds": time.perf_counter() - started}))
 """
 
@@ -149,7 +158,7 @@ def raw_read(tmp: Path, size_mb: int, repeat: int, pin: tuple[int, int] | None) 
         for _ in range(size_mb):
             handle.write(block)
     size = source.stat().st_size
-    times: dict[str, list[float]] = {"cat": [], "views": [], "chunks": []}
+    times: dict[str, list[float]] = {"cat": [], "views": [], "chunks": [], "readinto": []}
 
     def cat_trial(data: Path) -> None:
         feed = feeder(source, data, "cat", writer)
@@ -172,23 +181,27 @@ def raw_read(tmp: Path, size_mb: int, repeat: int, pin: tuple[int, int] | None) 
         times[how].append(measured["seconds"])
         feed.wait(timeout=120)
 
-    trials = [cat_trial, lambda data: smtk_trial(data, "views"), lambda data: smtk_trial(data, "chunks")]
+    readers = ("readinto", "views", "chunks")
+    trials = [cat_trial] + [lambda data, how=how: smtk_trial(data, how) for how in readers]
     for trial in range(repeat):
         data = tmp / f"raw-{trial}"
-        for run in trials[trial % 3 :] + trials[: trial % 3]:
+        turn = trial % len(trials)
+        for run in trials[turn:] + trials[:turn]:
             run(data)
     gib = size / (1 << 30)
     placement = f"writer on CPU {writer}, readers on CPU {reader}" if pin else "not pinned"
     print(f"raw Pipe read, {size_mb} MiB, {repeat} rounds, {placement} (best / median):")
     rows = (
         ("cat", "cat FIFO > /dev/null"),
+        ("readinto", "smtk epoch.readinto(buf)"),
         ("views", "smtk epoch.views()"),
         ("chunks", "smtk epoch bytes chunks"),
     )
     for name, label in rows:
         best, median = gib / min(times[name]), gib / statistics.median(times[name])
-        print(f"  {label:<26}{best:8.2f} GiB/s  {median:8.2f} GiB/s")
-    for name, target in (("views", "   (target >= 1.0)"), ("chunks", "")):
+        rounds = " ".join(f"{gib / seconds:.1f}" for seconds in times[name])
+        print(f"  {label:<26}{best:8.2f} GiB/s  {median:8.2f} GiB/s   rounds: {rounds}")
+    for name, target in (("readinto", "   (target >= 1.0)"), ("views", ""), ("chunks", "")):
         ratios = [c / t for c, t in zip(times["cat"], times[name], strict=True)]
         print(
             f"  {'ratio ' + name + '/cat':<26}{min(times['cat']) / min(times[name]):8.2f}"
@@ -274,13 +287,16 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=1000, help="number of 100 KB records")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-pin", action="store_true", help="leave raw-read processes unpinned")
+    parser.add_argument("--part", choices=("all", "raw", "records"), default="all", help="what to measure")
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     pin = None if args.no_pin or len(cpus) < 2 else (cpus[0], cpus[1])
     tmp = Path(tempfile.mkdtemp(prefix="smtk-bench-pipe-"))
     try:
-        raw_read(tmp, args.size_mb, args.repeat, pin)
-        parsing(tmp, args.small, args.large, args.repeat)
+        if args.part in ("all", "raw"):
+            raw_read(tmp, args.size_mb, args.repeat, pin)
+        if args.part in ("all", "records"):
+            parsing(tmp, args.small, args.large, args.repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

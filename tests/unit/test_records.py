@@ -324,21 +324,30 @@ def test_tfrecord_runs_check_every_crc(
 
 
 @pytest.mark.parametrize(("length", "count"), [(0, 16), (96, 1500), (97, 1500), (1000, 100)])
-def test_tfrecord_bulk_crc_check_accepts_intact_runs_only(length: int, count: int) -> None:
-    # The bulk check itself (not the per-record fallback it hands failures to): true for
-    # an intact run at any offset in the buffer, false as soon as one bit of one record's
-    # data or stored CRC is wrong.
-    from smtk.channels.records import _tfrecord_run_crcs_ok
+def test_tfrecord_bulk_crc_check_accepts_intact_records_only(length: int, count: int) -> None:
+    # The bulk check itself (not the per-record parsing it hands the rest to): it takes
+    # a whole intact run at any offset in the buffer, and never a record after one bit
+    # of a record's header, data or stored CRC went wrong; what it takes is a prefix
+    # in whole windows of at least 16 records.
+    from smtk.channels.records import _RUN_MIN, _tfrecord_verified_run
 
     encoded = b"".join(encode_tfrecord(os.urandom(length)) for _ in range(count))
     stride = 16 + length
     for lead in (0, 1, 3):
-        buf = os.urandom(lead) + encoded
-        assert _tfrecord_run_crcs_ok(buf, lead, length, count)
-        for index in (0, count // 2, count - 1):
-            for where in {12, 12 + length // 2, stride - 1}:
+        buf = os.urandom(lead) + encoded + os.urandom(lead)
+        assert _tfrecord_verified_run(buf, lead, length, count) == count - count % _RUN_MIN
+        for index in (0, 5, count // 2, count - 1):
+            for where in {0, 8, 12, 12 + length // 2, stride - 1}:
                 bad = corrupt(buf, lead + index * stride + where)
-                assert not _tfrecord_run_crcs_ok(bad, lead, length, count)
+                taken = _tfrecord_verified_run(bad, lead, length, count)
+                assert taken <= index
+                assert taken % _RUN_MIN == 0
+        # A run that ends (a record of another length follows) is taken up to its end
+        # in windows: everything before the first 16-record window that holds the change.
+        other = encode_tfrecord(os.urandom(length + 4))
+        cut = count // 2
+        mixed = buf[: lead + cut * stride] + other + buf[lead + cut * stride :]
+        assert _tfrecord_verified_run(mixed, lead, length, count) == cut - cut % _RUN_MIN
 
 
 @settings(max_examples=40, deadline=None)

@@ -642,55 +642,77 @@ def _unmasked_lanes(stored: int, size: int, width: int) -> int:
     return ((rot >> 17) & _lanes(0x7FFF, size, width)) | ((rot << 15) & _lanes(0xFFFF8000, size, width))
 
 
-def _tfrecord_run_crcs_ok(buf: Buffer, pos: int, length: int, count: int) -> bool:
-    """Whether every data CRC of a run of ``count`` TFRecords of ``length`` bytes is right.
+def _tfrecord_verified_run(buf: Buffer, pos: int, length: int, fit: int) -> int:
+    """How many of the ``fit`` TFRecords from ``pos`` are intact and framed like the first.
 
-    A few CRC passes over the whole run instead of ``count`` calls. CRC32C without its
-    initial and final inversion (``g``) is linear over GF(2), and for a 4-byte word
-    ``v``, ``g(data + v) = Z4(g(data) ^ v)`` where ``Z4`` (four zero bytes) is
-    invertible. So in a copy of the run where each stored CRC is replaced by
-    ``v = unmask(stored) ^ crc32c(zeros(length))`` (which equals ``g(data)`` exactly
-    when the record is intact), ``g(copy)`` is ``g(headers alone)`` XOR an invertible
-    image of each record's error: it matches when all records are intact, never when
-    one is corrupt, and with probability 2**-32 when several errors cancel (the
-    strength of the CRC itself). A failed check is redone record by record, which
-    says which one. Unmasking runs on all stored CRCs of a batch at once, as lanes of
-    one big integer (see ``_unmasked_lanes``). When the records are a whole number of
-    4-byte words long, the CRCs are gathered and scattered as strided 32-bit words;
-    otherwise byte by byte. Batches stay under ~64 KiB, which keep the copies hot in
-    the CPU cache.
+    The first record's header (its length and the length's CRC, already checked) is
+    taken as every record's. Windows of 16, 32, ... records, up to the power of two
+    that stays under ~64 KiB (so the copies stay hot in the CPU cache and the
+    constants each size needs are cached), are checked with one CRC pass each (see
+    :func:`_tfrecord_window_ok`); a window that fails is halved down to ``_RUN_MIN``
+    to find where the good records end, and the caller parses the rest one by one,
+    which says what is wrong there. The window check covers the headers as well, so
+    no separate comparison of them is needed: a run that ends (a record of another
+    length) fails it like a corrupt record does.
     """
     stride = 16 + length
     header = bytes(buf[pos : pos + 12])
-    batch = max(_RUN_MIN, (64 << 10) // stride)
+    top = max(_RUN_MIN, 1 << (((64 << 10) // stride).bit_length() - 1))
     view = memoryview(buf)
-    words = not stride & 3
-    step = stride >> 2
-    state = 0xFFFFFFFF  # crc32c() continuing from this starts from a zero register: g
-    while count:
-        size = min(batch, count)
-        end = pos + size * stride
-        first = pos + 12 + length  # the first record's data CRC
-        copy = bytearray(view[pos:end])
-        if words:
-            stored = view[first : first + (size - 1) * stride + 4].cast("I")[::step]
-            values = _unmasked_lanes(int.from_bytes(stored, "little"), size, 4)
-            values ^= _lanes(_zeros_crc(length), size, 4)
-            target = memoryview(copy)[12 + length : 12 + length + (size - 1) * stride + 4]
-            target.cast("I")[::step] = memoryview(values.to_bytes(4 * size, "little")).cast("I")
+    done = 0
+    window = _RUN_MIN
+    while True:
+        while window > fit - done:
+            window >>= 1
+        if window < _RUN_MIN:
+            return done
+        if _tfrecord_window_ok(view, pos + done * stride, header, length, window):
+            done += window
+            window = min(window * 2, top)
+        elif window > _RUN_MIN:
+            window >>= 1
         else:
-            lanes = bytearray(8 * size)
-            for k in range(4):
-                lanes[k::8] = view[first + k : end : stride]
-            values = _unmasked_lanes(int.from_bytes(lanes, "little"), size, 8)
-            values ^= _lanes(_zeros_crc(length), size)
-            packed = values.to_bytes(8 * size, "little")
-            for k in range(4):
-                copy[12 + length + k :: stride] = packed[k::8]
-        state = crc32c(bytes(copy), state) ^ _headers_g(header, stride, size)
-        pos = end
-        count -= size
-    return state == 0xFFFFFFFF
+            return done
+
+
+def _tfrecord_window_ok(view: memoryview, pos: int, header: bytes, length: int, size: int) -> bool:
+    """Whether ``size`` TFRecords from ``pos`` all begin with ``header`` and have right data CRCs.
+
+    One CRC pass over a copy instead of ``size`` calls. CRC32C without its initial and
+    final inversion (``g``) is linear over GF(2), and for a 4-byte word ``v``,
+    ``g(data + v) = Z4(g(data) ^ v)`` where ``Z4`` (four zero bytes) is invertible. So
+    in a copy of the window where each stored CRC is replaced by
+    ``v = unmask(stored) ^ crc32c(zeros(length))`` (which equals ``g(data)`` exactly
+    when the record is intact), ``g(copy)`` is ``g(the headers alone)`` XOR an
+    invertible image of each record's error (a wrong data byte, stored CRC or header
+    byte): it matches when all records are intact, never when one is wrong, and with
+    probability 2**-32 when several errors cancel (the strength of the CRC itself).
+    Unmasking runs on all stored CRCs at once, as lanes of one big integer (see
+    ``_unmasked_lanes``). When the records are a whole number of 4-byte words long,
+    the CRCs are gathered and scattered as strided 32-bit words; otherwise byte by byte.
+    """
+    stride = 16 + length
+    end = pos + size * stride
+    first = pos + 12 + length  # the first record's data CRC
+    copy = bytearray(view[pos:end])
+    if not stride & 3:
+        step = stride >> 2
+        stored = view[first : first + (size - 1) * stride + 4].cast("I")[::step]
+        values = _unmasked_lanes(int.from_bytes(stored, "little"), size, 4)
+        values ^= _lanes(_zeros_crc(length), size, 4)
+        target = memoryview(copy)[12 + length : 12 + length + (size - 1) * stride + 4]
+        target.cast("I")[::step] = memoryview(values.to_bytes(4 * size, "little")).cast("I")
+    else:
+        lanes = bytearray(8 * size)
+        for k in range(4):
+            lanes[k::8] = view[first + k : end : stride]
+        values = _unmasked_lanes(int.from_bytes(lanes, "little"), size, 8)
+        values ^= _lanes(_zeros_crc(length), size)
+        packed = values.to_bytes(8 * size, "little")
+        for k in range(4):
+            copy[12 + length + k :: stride] = packed[k::8]
+    # crc32c() continuing from 0xFFFFFFFF starts from a zero register and returns ~g.
+    return crc32c(bytes(copy), 0xFFFFFFFF) ^ _headers_g(header, stride, size) == 0xFFFFFFFF
 
 
 @functools.lru_cache(maxsize=64)
@@ -788,14 +810,19 @@ class TFRecordReader(RecordReader[bytes]):
                     stride = length + 16
                     fit = (size - pos) // stride
                     if fit >= _RUN_MIN and (not check or stride <= _BULK_CRC_MAX_STRIDE):
-                        run = _run_length(buf, pos, stride, 12, fit)
-                        if run >= _RUN_MIN and (not check or _tfrecord_run_crcs_ok(buf, pos, length, run)):
+                        # With CRC checks the bulk check covers the headers too.
+                        run = (
+                            _tfrecord_verified_run(buf, pos, length, fit)
+                            if check
+                            else _run_length(buf, pos, stride, 12, fit)
+                        )
+                        if run >= _RUN_MIN:
                             out += cut(buf, pos, 12, length, 4, run)
                             pos += run * stride
                             cooldown = _RUN_MIN
                             continue
-                        # No run here (or a corrupt record in it): one by one for a while.
-                        next_probe = pos + max(cooldown, run) * stride
+                        # No run here (or a corrupt record at its start): one by one for a while.
+                        next_probe = pos + cooldown * stride
                         cooldown = min(cooldown * 2, _RUN_MAX_COOLDOWN)
                 data = buf[pos + 12 : end]
                 if check:
