@@ -23,7 +23,11 @@
    memory-mapped file: no copy; the bytes are read when the consumer touches them) are
    shown beside them.
 
-Each measurement runs in a fresh process; every round runs all of them in turn. Printed:
+Each measurement runs in a fresh process; every round runs all of them in turn. Parsers
+start the clock after a ``gc.collect()``: otherwise a fresh interpreter's first full
+collection of its start-up objects (about 1.5 ms here) falls inside the timing of
+whichever reader first allocates objects the collector tracks (``memoryview`` records do,
+``bytes`` do not), which at 1000 records of 100 KB is half the run. Printed:
 the best of ``--repeat`` rounds, the ratio of the bests, and the median of the per-round
 ratios (each taken between runs made seconds apart).
 
@@ -68,12 +72,13 @@ print(json.dumps({"bytes": total, "seconds": time.perf_counter() - started}))
 """
 
 SMTK_PARSE = """
-import json, sys, time
+import gc, json, sys, time
 from smtk.channels.records import open_records
 from smtk.channels.crc32c import backend_name
 path, fmt, check, views = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4:] == ["views"]
 options = {"check_crc": check} if fmt == "tfrecord" else {}
 options["views"] = views
+gc.collect()  # the interpreter's start-up garbage: not part of any reader's work
 started = time.perf_counter()
 count = 0
 for _ in open_records(path, fmt, **options):
@@ -82,8 +87,9 @@ print(json.dumps({"records": count, "seconds": time.perf_counter() - started, "c
 """
 
 REFERENCE_PARSE = """
-import json, sys, time
+import gc, json, sys, time
 from sagemaker_training.recordio import _read_recordio
+gc.collect()  # the interpreter's start-up garbage: not part of any reader's work
 started = time.perf_counter()
 count = 0
 with open(sys.argv[1], "rb") as handle:
@@ -122,7 +128,8 @@ def feeder(source: Path, data_dir: Path, channel: str, cpu: int | None = None) -
 
 
 CEILING_PARSE = """
-import json, os, struct, sys, time
+import gc, json, os, struct, sys, time
+gc.collect()  # the interpreter's start-up garbage: not part of any reader's work
 started = time.perf_counter()
 count = 0
 fd = os.open(sys.argv[1], os.O_RDONLY)
@@ -176,6 +183,8 @@ def raw_read(tmp: Path, size_mb: int, repeat: int, pin: tuple[int, int] | None) 
 
     def smtk_trial(data: Path, how: str) -> None:
         feed = feeder(source, data, "smtk", writer)
+        # As for cat: the clock starts once the FIFO exists, not while pipe-feed starts up.
+        wait_for_fifo(str(data / "smtk_0"))
         measured = run_json([sys.executable, "-c", READ_EPOCH, str(data / "smtk"), how], cpu=reader)
         assert measured["bytes"] == size, measured
         times[how].append(measured["seconds"])
