@@ -350,6 +350,44 @@ def test_tfrecord_bulk_crc_check_accepts_intact_records_only(length: int, count:
         assert _tfrecord_verified_run(mixed, lead, length, count) == cut - cut % _RUN_MIN
 
 
+@pytest.mark.parametrize("fmt", ["recordio", "tfrecord"])
+@pytest.mark.parametrize("views", [False, True])
+@pytest.mark.parametrize("same_length", [True, False])
+def test_a_big_buffer_is_handed_over_a_pass_at_a_time(
+    tmp_path: Path, fmt: str, views: bool, same_length: bool
+) -> None:
+    # A whole file (mapped for views) or a big bytes object is one buffer: the parser
+    # must still hand records over in bounded lists, runs or not, and lose none at the
+    # seams between passes.
+    from smtk.channels.records import _PASS_BYTES, _PASS_RECORDS
+
+    count = 3 * _PASS_RECORDS + 100
+    records = [os.urandom(100 if same_length else 60 + i % 90) for i in range(count)]
+    path = tmp_path / f"big.{fmt}"
+    with path.open("wb") as sink:
+        write_records(sink, records, fmt)
+    for source in (path, path.read_bytes()):
+        reader = open_records(source, fmt, views=views)
+        sizes = []
+        got: list[bytes] = []
+        for batch in reader._batches():
+            sizes.append(len(batch))
+            got += [bytes(record) for record in batch]
+        assert got == records
+        assert max(sizes) <= 2 * _PASS_RECORDS
+        assert sum(sizes) == count
+        if not same_length:  # record by record: a pass ends after about _PASS_BYTES
+            assert max(sizes) <= _PASS_BYTES // 60 + 1
+
+
+def test_lines_from_a_big_buffer_come_a_chunk_at_a_time() -> None:
+    lines = [b"line %d" % i for i in range(200_000)]
+    reader = open_records(b"\n".join(lines) + b"\n", "lines", chunk_size=64 << 10)
+    batches = list(reader._batches())
+    assert [line for batch in batches for line in batch] == lines
+    assert max(len(batch) for batch in batches) <= (64 << 10) // 7 + 1
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.sampled_from([0, 1, 4, 7, 8, 64]), min_size=1, max_size=8), st.integers(1, 60))
 def test_tfrecord_mixed_runs_round_trip(lengths: list[int], repeat: int) -> None:

@@ -367,7 +367,8 @@ class LineReader(RecordReader[bytes]):
         stream = self._stream
         pending: list[bytes] = []
         while True:
-            data = stream.take()
+            # At most a chunk at a time, also from a big in-memory source: the lists stay small.
+            data = stream.take(stream.chunk_size)
             if not data:
                 if pending:
                     self.count += 1
@@ -421,13 +422,14 @@ class RecordIOReader(RecordReader[bytes]):
                 stream.pos += pad
                 self.count += 1
                 yield (data,)
-            # Fast path: every whole single-part record already in the buffer.
+            # Fast path: every whole single-part record already in the buffer (a pass at a time).
             buf, pos = stream.buf, stream.pos
             size = len(buf)
+            horizon = min(size, pos + _PASS_BYTES)
             out: list[bytes] = []
             append = out.append
             next_probe = pos
-            while pos + 8 <= size:
+            while pos + 8 <= horizon:
                 magic, word = unpack(buf, pos)
                 if magic != magic_word or word > length_mask:
                     break
@@ -437,13 +439,15 @@ class RecordIOReader(RecordReader[bytes]):
                     break
                 if pos >= next_probe:
                     stride = following - pos
-                    fit = (size - pos) // stride
+                    fit = min((size - pos) // stride, _PASS_RECORDS)
                     if fit >= _RUN_MIN:
                         run = _run_length(buf, pos, stride, 8, fit)
                         if run >= _RUN_MIN:
                             out += cut(buf, pos, 8, word, stride - 8 - word, run)
                             pos += run * stride
                             cooldown = _RUN_MIN
+                            if len(out) >= _PASS_RECORDS:
+                                break
                             continue
                         # Not a run here: parse one by one for a while, probing less often
                         # the longer lengths keep varying.
@@ -549,6 +553,14 @@ class RecordIOReader(RecordReader[bytes]):
 # about 10 ns a record against ~150 ns for a Python loop over headers.
 
 _RUN_MIN = 16
+#: A whole file (memory-mapped, or given as ``bytes``) is one buffer. Parsers take it a
+#: pass at a time (up to this many bytes parsed record by record, or records cut out of
+#: runs) and hand each pass's list over before the next: one list of every record of a
+#: big file would cost fresh memory and cache misses (measured: 300k records of 100 B
+#: from ``bytes`` took 199 ns a record in one list against 105 ns from a file read in
+#: 1 MiB chunks), and for views, collector passes over a growing heap.
+_PASS_BYTES = 1 << 20
+_PASS_RECORDS = 8192
 #: Runs of TFRecords up to this stride have their CRCs checked in bulk; bigger records
 #: are checked one by one (a call per record is then cheap next to the CRC itself, and
 #: bulk batches of big records would copy megabytes through fresh memory).
@@ -796,10 +808,11 @@ class TFRecordReader(RecordReader[bytes]):
                 yield (data,)
             buf, pos = stream.buf, stream.pos
             size = len(buf)
+            horizon = min(size, pos + _PASS_BYTES)
             out: list[bytes] = []
             append = out.append
             next_probe = pos
-            while pos + 12 <= size:
+            while pos + 12 <= horizon:
                 length, lcrc = unpack(buf, pos)
                 end = pos + 12 + length
                 if end + 4 > size:
@@ -808,7 +821,7 @@ class TFRecordReader(RecordReader[bytes]):
                     break
                 if pos >= next_probe:
                     stride = length + 16
-                    fit = (size - pos) // stride
+                    fit = min((size - pos) // stride, _PASS_RECORDS)
                     if fit >= _RUN_MIN and (not check or stride <= _BULK_CRC_MAX_STRIDE):
                         # With CRC checks the bulk check covers the headers too.
                         run = (
@@ -820,6 +833,8 @@ class TFRecordReader(RecordReader[bytes]):
                             out += cut(buf, pos, 12, length, 4, run)
                             pos += run * stride
                             cooldown = _RUN_MIN
+                            if len(out) >= _PASS_RECORDS:
+                                break
                             continue
                         # No run here (or a corrupt record at its start): one by one for a while.
                         next_probe = pos + cooldown * stride
