@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import queue
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -411,6 +414,37 @@ def test_big_records_read_straight_from_the_source(fmt: str, tmp_path: Path) -> 
     for source in sources(data, tmp_path):
         assert list(open_records(source, fmt, chunk_size=4096)) == records
     assert list(open_records(Trickle(data, 50_000), fmt)) == records
+
+
+@pytest.mark.parametrize("fmt", ["recordio", "tfrecord"])
+@pytest.mark.parametrize("length", [100_000, 100_001])
+def test_a_complete_big_record_is_handed_over_before_more_input_arrives(fmt: str, length: int) -> None:
+    # A writer that pauses after whole records (a live Pipe-mode stream): each record
+    # must reach the consumer at once, not when the next header happens to arrive.
+    encode = encode_recordio if fmt == "recordio" else encode_tfrecord
+    records = [os.urandom(length) for _ in range(3)]
+    read_end, write_end = os.pipe()
+    # Room for a whole record, so that its payload can arrive in one read.
+    fcntl.fcntl(write_end, 1031, 1 << 20)  # F_SETPIPE_SZ
+    got: queue.Queue[bytes | BaseException] = queue.Queue()
+
+    def consume() -> None:
+        try:
+            with os.fdopen(read_end, "rb", buffering=0) as source:
+                for record in open_records(source, fmt, chunk_size=4096):
+                    got.put(record)
+        except BaseException as exc:  # handed to the test thread
+            got.put(exc)
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    with os.fdopen(write_end, "wb") as sink:
+        for record in records:
+            sink.write(encode(record))
+            sink.flush()
+            assert got.get(timeout=10) == record  # the writer has not sent the next one yet
+    consumer.join(timeout=10)
+    assert got.empty()
 
 
 @pytest.mark.parametrize("fmt", ["recordio", "tfrecord"])

@@ -204,23 +204,37 @@ class _Stream:
         self.pos = 0
         return have >= needed
 
-    def take_exact(self, start: int, length: int) -> bytes:
+    def take_exact(self, start: int, length: int, ahead: int = 0) -> bytes:
         """``buf[start:start + length]``, reading what is not buffered straight from the source.
 
         A payload that starts at the end of the buffer arrives in one read of exactly its
         size: one copy, as from a plain ``read(length)``. Shorter only at the end of input.
-        Leaves ``pos`` after what it returns.
+        Leaves ``pos`` after what it returns. ``ahead``: when the payload was read from the
+        source, also read up to that many bytes after it (its trailer and the next
+        header) into the buffer, in one more read.
         """
         buf = self.buf
         end = start + length
         if end <= len(buf):
             self.pos = end
             return buf[start:end]
-        parts = [buf[start:]] if start < len(buf) else []
-        self.base += len(buf)
-        self.buf, self.pos = buf[:0], 0
-        need = end - max(start, len(buf))
         read = self._read
+        if start == len(buf):
+            # The usual case for big records: the payload is what the source holds next.
+            self.base += start
+            data = read(length)
+            if len(data) == length:
+                self.base += length
+                self.buf, self.pos = (read(ahead) if ahead else buf[:0]), 0
+                return data
+            parts = [data] if data else []
+            self.base += len(data)
+            need = length - len(data)
+        else:
+            parts = [buf[start:]] if start < len(buf) else []
+            self.base += len(buf)
+            need = end - max(start, len(buf))
+        self.buf, self.pos = buf[:0], 0
         while need > 0:
             chunk = read(need)
             if not chunk:
@@ -414,7 +428,9 @@ class RecordIOReader(RecordReader[bytes]):
                 ):
                     break
                 start = stream.base + pos
-                data = stream.take_exact(pos + 8, word)
+                # The padding and the next header come in the same read as before (none
+                # without padding: the record is complete, so do not wait for more input).
+                data = stream.take_exact(pos + 8, word, pad + 8 if pad else 0)
                 if len(data) < word or not stream.fill(pad, 8):
                     raise self._truncated(
                         start, word, pad, len(data) + stream.available() * (len(data) == word)
@@ -422,6 +438,7 @@ class RecordIOReader(RecordReader[bytes]):
                 stream.pos += pad
                 self.count += 1
                 yield (data,)
+                del data  # before the next big read: its memory can be reused at once
             # Fast path: every whole single-part record already in the buffer (a pass at a time).
             buf, pos = stream.buf, stream.pos
             size = len(buf)
@@ -792,7 +809,7 @@ class TFRecordReader(RecordReader[bytes]):
                 if check and lcrc != length_crc(length):
                     break
                 start = stream.base + pos
-                data = stream.take_exact(pos + 12, length)
+                data = stream.take_exact(pos + 12, length, 16)
                 if len(data) < length or not stream.fill(4, 12):
                     raise self._truncated(
                         start, length, len(data) + stream.available() * (len(data) == length)
@@ -806,6 +823,7 @@ class TFRecordReader(RecordReader[bytes]):
                         continue
                 self.count += 1
                 yield (data,)
+                del data  # before the next big read: its memory can be reused at once
             buf, pos = stream.buf, stream.pos
             size = len(buf)
             horizon = min(size, pos + _PASS_BYTES)
