@@ -24,10 +24,12 @@
    shown beside them.
 
 Each measurement runs in a fresh process; every round runs all of them in turn. Parsers
-start the clock after a ``gc.collect()``: otherwise a fresh interpreter's first full
-collection of its start-up objects (about 1.5 ms here) falls inside the timing of
-whichever reader first allocates objects the collector tracks (``memoryview`` records do,
-``bytes`` do not), which at 1000 records of 100 KB is half the run. Printed:
+start the clock once their modules are imported (smtk's, and the CRC extension's, which
+smtk imports on first use: 4-9 ms here) and after a ``gc.collect()``: otherwise a fresh
+interpreter's first full collection of its start-up objects (about 1.5 ms here) falls
+inside the timing of whichever reader first allocates objects the collector tracks
+(``memoryview`` records do, ``bytes`` do not), which at 1000 records of 100 KB is half
+the run. Printed:
 the best of ``--repeat`` rounds, the ratio of the bests, and the median of the per-round
 ratios (each taken between runs made seconds apart).
 
@@ -78,12 +80,13 @@ from smtk.channels.crc32c import backend_name
 path, fmt, check, views = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4:] == ["views"]
 options = {"check_crc": check} if fmt == "tfrecord" else {}
 options["views"] = views
+crc = backend_name()  # imports the CRC extension (4-9 ms), as smtk's own imports, before the clock
 gc.collect()  # the interpreter's start-up garbage: not part of any reader's work
 started = time.perf_counter()
 count = 0
 for _ in open_records(path, fmt, **options):
     count += 1
-print(json.dumps({"records": count, "seconds": time.perf_counter() - started, "crc": backend_name()}))
+print(json.dumps({"records": count, "seconds": time.perf_counter() - started, "crc": crc}))
 """
 
 REFERENCE_PARSE = """
