@@ -8,12 +8,13 @@
    (``for view in epoch.views()``: two buffers alternate, because a view is never
    overwritten while the caller may still hold it), or as ``bytes`` chunks
    (``for chunk in epoch``: a fresh object each time). The readers take turns (the order
-   rotates every round), so a noisy machine hits all alike. cat is timed from spawn to
-   exit; smtk from just before ``open_epoch`` to EOF, inside its process (interpreter
-   start-up not counted). With two CPUs or more the writer is pinned to one CPU and every
-   reader to another (``--no-pin`` leaves placement to the scheduler): unpinned, whether
-   the scheduler wakes the reader on the writer's CPU, which halves throughput, varies
-   from run to run by more than the readers differ. Target: smtk readinto/cat >= 1.0.
+   rotates every round), so a noisy machine hits all alike. Each reader starts once the
+   FIFO exists: cat is timed from spawn to exit; smtk from just before ``open_epoch`` to
+   EOF, inside its process (interpreter start-up not counted). With two CPUs or more the
+   writer is pinned to one CPU and every reader to another (``--no-pin`` leaves placement
+   to the scheduler): unpinned, whether the scheduler wakes the reader on the writer's
+   CPU, which halves throughput, varies from run to run by more than the readers differ.
+   Target: smtk readinto/cat >= 1.0.
 2. Records/s: RecordIO and TFRecord files of small (100 B) and large (100 KB) records,
    parsed by smtk's readers and by the reference toolkit's ``_read_recordio`` (run in
    ``.venv-ref`` or ``$SMTK_REFERENCE_PYTHON``). Target: >= 3x the reference's records/s.
@@ -29,9 +30,8 @@ smtk imports on first use: 4-9 ms here) and after a ``gc.collect()``: otherwise 
 interpreter's first full collection of its start-up objects (about 1.5 ms here) falls
 inside the timing of whichever reader first allocates objects the collector tracks
 (``memoryview`` records do, ``bytes`` do not), which at 1000 records of 100 KB is half
-the run. Printed:
-the best of ``--repeat`` rounds, the ratio of the bests, and the median of the per-round
-ratios (each taken between runs made seconds apart).
+the run. Printed: the best of ``--repeat`` rounds, the ratio of the bests, and the
+median of the per-round ratios (each taken between runs made seconds apart).
 
 ::
 
