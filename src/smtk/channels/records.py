@@ -190,9 +190,22 @@ class _Stream:
             return True
         self.base += pos
         read = self._read
-        parts = [buf[pos:]] if have else []
         # A leftover (or direct mode) is completed exactly; an empty buffer takes a chunk.
         want = needed - have + extra if have or self.direct else max(self.chunk_size, needed)
+        if not have:
+            # The usual case (a chunk, or the header after a big record): one read, no join.
+            chunk = read(want)
+            if len(chunk) >= needed:
+                self.buf, self.pos = chunk, 0
+                return True
+            if not chunk:
+                self.buf, self.pos = buf[:0], 0
+                return False
+            parts = [chunk]
+            have = len(chunk)
+            want = needed - have
+        else:
+            parts = [buf[pos:]]
         while have < needed:
             chunk = read(want)
             if not chunk:
@@ -200,7 +213,7 @@ class _Stream:
             parts.append(chunk)
             have += len(chunk)
             want = needed - have
-        self.buf = self._joined(parts) if parts else self.buf[:0]
+        self.buf = self._joined(parts)
         self.pos = 0
         return have >= needed
 
@@ -653,6 +666,23 @@ def _lanes(value: int, count: int, width: int = 8) -> int:
     return int.from_bytes(value.to_bytes(width, "little") * count, "little")
 
 
+@functools.lru_cache(maxsize=64)
+def _unmask_constants(size: int, width: int) -> tuple[int, int, int, int, int, int]:
+    """The lane constants :func:`_unmasked_lanes` needs for ``size`` lanes (one cache lookup)."""
+    add = 0x100000000 - _MASK_DELTA
+    right, left = _lanes(0x7FFF, size, width), _lanes(0xFFFF8000, size, width)
+    if width == 8:
+        return _lanes(0xFFFFFFFF, size), _lanes(add, size), 0, 0, right, left
+    return (
+        _lanes(0x7FFFFFFF, size, 4),
+        _lanes(add & 0x7FFFFFFF, size, 4),
+        _lanes(0x80000000, size, 4),
+        _lanes(add & 0x80000000, size, 4),
+        right,
+        left,
+    )
+
+
 def _unmasked_lanes(stored: int, size: int, width: int) -> int:
     """Unmask every lane of ``stored`` (``size`` masked CRCs in lanes of ``width`` bytes) at once.
 
@@ -661,14 +691,9 @@ def _unmasked_lanes(stored: int, size: int, width: int) -> int:
     have none, so the sum is taken without the top bit of each lane and that bit is
     put back by XOR (carry-less in the top bit), the usual SIMD-within-a-register add.
     """
-    add = 0x100000000 - _MASK_DELTA
-    if width == 8:
-        rot = (stored + _lanes(add, size)) & _lanes(0xFFFFFFFF, size)
-    else:
-        rot = ((stored & _lanes(0x7FFFFFFF, size, 4)) + _lanes(add & 0x7FFFFFFF, size, 4)) ^ (
-            (stored & _lanes(0x80000000, size, 4)) ^ _lanes(add & 0x80000000, size, 4)
-        )
-    return ((rot >> 17) & _lanes(0x7FFF, size, width)) | ((rot << 15) & _lanes(0xFFFF8000, size, width))
+    low, add_low, top, add_top, right, left = _unmask_constants(size, width)
+    rot = ((stored + add_low) & low) if width == 8 else ((stored & low) + add_low) ^ (stored & top) ^ add_top
+    return ((rot >> 17) & right) | ((rot << 15) & left)
 
 
 def _tfrecord_verified_run(buf: Buffer, pos: int, length: int, fit: int) -> int:
