@@ -416,6 +416,30 @@ def test_big_records_read_straight_from_the_source(fmt: str, tmp_path: Path) -> 
     assert list(open_records(Trickle(data, 50_000), fmt)) == records
 
 
+class Recording(Trickle):
+    """A stream that remembers how much each read asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data, len(data))
+        self.asked: list[int] = []
+
+    def read(self, size: int = -1) -> bytes:
+        self.asked.append(size)
+        return super().read(size)
+
+
+@pytest.mark.parametrize("fmt", ["recordio", "tfrecord"])
+def test_big_records_from_the_start_never_pass_through_a_chunk(fmt: str) -> None:
+    # The first read is small, so big records switch to direct mode after the first one
+    # (each then read in a read of its own size: one copy), not after a whole 1 MiB chunk.
+    encode = encode_recordio if fmt == "recordio" else encode_tfrecord
+    records = [os.urandom(200_001) for _ in range(5)]
+    source = Recording(b"".join(encode(r) for r in records))
+    assert list(open_records(source, fmt)) == records
+    assert max(source.asked) <= 200_001
+    assert source.asked[0] == 64 << 10
+
+
 @pytest.mark.parametrize("fmt", ["recordio", "tfrecord"])
 @pytest.mark.parametrize("length", [100_000, 100_001])
 def test_a_complete_big_record_is_handed_over_before_more_input_arrives(fmt: str, length: int) -> None:

@@ -78,6 +78,7 @@ _MASK_DELTA = 0xA282EAD8
 #: own ``bytes`` (one copy) instead of through the chunk buffer (two).
 _DIRECT_MIN = 64 << 10
 DEFAULT_CHUNK_SIZE = 1 << 20
+_FIRST_CHUNK = 64 << 10
 
 Format = Literal["chunks", "lines", "recordio", "tfrecord", "manifest"]
 FORMATS: tuple[str, ...] = ("chunks", "lines", "recordio", "tfrecord", "manifest")
@@ -112,8 +113,10 @@ class _Stream:
     Two ways of refilling, chosen so that no byte is copied more often than needed:
 
     * *chunk mode* (the default): an empty buffer is refilled with one read of
-      ``chunk_size``; what a record still lacks past the end of the buffer is read
-      exactly (a few bytes), so a big chunk never has to be joined to a leftover.
+      ``chunk_size`` (the very first one at most 64 KiB, so that big records switch to
+      direct mode after the first, not after a whole chunk of them); what a record
+      still lacks past the end of the buffer is read exactly (a few bytes), so a big
+      chunk never has to be joined to a leftover.
     * *direct mode* (``direct = True``, set by a reader that just read a big record
       straight from the source with :meth:`take_exact`): refills read only what is asked
       for (the next header), so the next big payload again arrives in one read, one copy.
@@ -127,6 +130,10 @@ class _Stream:
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self.chunk_size = chunk_size
+        # The first read is small: if the records are big, only the first one is copied
+        # twice (joined from this read and the rest of it); the next ones are read
+        # straight into their own bytes (direct mode), not cut out of a whole chunk.
+        self._next_chunk = min(chunk_size, _FIRST_CHUNK)
         self.views = views
         self.buf = _view(b"") if views else b""
         self.pos = 0
@@ -191,7 +198,8 @@ class _Stream:
         self.base += pos
         read = self._read
         # A leftover (or direct mode) is completed exactly; an empty buffer takes a chunk.
-        want = needed - have + extra if have or self.direct else max(self.chunk_size, needed)
+        want = needed - have + extra if have or self.direct else max(self._next_chunk, needed)
+        self._next_chunk = self.chunk_size
         if not have:
             # The usual case (a chunk, or the header after a big record): one read, no join.
             chunk = read(want)
