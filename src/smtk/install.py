@@ -11,7 +11,11 @@ What runs (argv lists, cwd = the code dir, stdin closed, the job's interpreter):
 ``PIP_*`` variables from the job's environment as usual. ``SMTK_SKIP_REQUIREMENTS=1``
 skips installs (dependencies baked into the image).
 
-pip's output is streamed to the log line by line. On failure the
+pip's output is streamed to the log line by line. pip runs in a process group of its
+own: when ``train`` is told to stop (``stopped`` returns the signal), the group (pip
+and the builds it started) gets SIGTERM, then SIGKILL after ``STOP_GRACE`` seconds,
+and :class:`InstallInterrupted` is raised, so a long install never eats the platform's
+stop window. On failure the
 :class:`~smtk.errors.InstallError` starts with pip's own ``ERROR:`` lines (or its last
 lines), then the exit status and the command. Credentials (in index URLs anywhere: the
 environment, ``SMTK_PIP_ARGS``, ``requirements.txt`` options, and secret-named
@@ -26,20 +30,25 @@ variables) are masked in every log line and message.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from smtk.entry_point import EntryPoint, ensure_executable
 from smtk.errors import ConfigError, InstallError
+from smtk.launch.process import signal_group
 from smtk.log import logger
 from smtk.redact import redact_text, secret_values
+from smtk.report import signal_name
 
 if TYPE_CHECKING:
     from smtk.environment import Environment
@@ -52,7 +61,23 @@ TAIL_LINES = 200
 #: At most this many of pip's error lines go into the message.
 ERROR_LINES = 20
 _TRUE = {"1", "true", "yes", "on"}
+#: Seconds pip's process group has after SIGTERM before it is killed.
+STOP_GRACE = 5.0
+#: How often a running install checks whether a stop was asked for.
+_STOP_POLL = 0.1
 _URL_USERINFO = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://(?P<user>[^/@\s:]+)(?::(?P<password>[^/@\s]*))?@")
+
+
+class InstallInterrupted(Exception):
+    """A stop signal arrived during an install; pip and its children were stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"install stopped by signal {signum}")
+        self.signum = signum
+
+
+def _never() -> int | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -66,11 +91,16 @@ class InstallReport:
 
 
 def install_requirements(
-    env: Environment, entry: EntryPoint, python: str = sys.executable
+    env: Environment,
+    entry: EntryPoint,
+    python: str = sys.executable,
+    *,
+    stopped: Callable[[], int | None] = _never,
 ) -> InstallReport | None:
     """Prepare ``entry`` to run: make it executable if needed, install its dependencies.
 
     ``None`` when there was nothing to install or installs are switched off.
+    ``stopped``: returns the stop signal once one was received (see :func:`run_pip`).
     """
     ensure_executable(entry)
     environ = env.environ
@@ -96,7 +126,12 @@ def install_requirements(
         )
     argv = [python, "-m", "pip", "install", *pip_args(environ), *target]
     return run_pip(
-        argv, code_dir, environ, kind, secrets=_secrets(environ, env.raw_hyperparameters, code_dir)
+        argv,
+        code_dir,
+        environ,
+        kind,
+        secrets=_secrets(environ, env.raw_hyperparameters, code_dir),
+        stopped=stopped,
     )
 
 
@@ -116,10 +151,19 @@ def run_pip(
     kind: Literal["package", "requirements"],
     *,
     secrets: Iterable[str] = (),
+    stopped: Callable[[], int | None] = _never,
 ) -> InstallReport:
-    """Run one pip command, streaming its output; :class:`InstallError` if it fails."""
+    """Run one pip command, streaming its output; :class:`InstallError` if it fails.
+
+    ``stopped`` is polled while pip runs; once it returns a signal number, pip's process
+    group is stopped (SIGTERM, SIGKILL after ``STOP_GRACE``) and
+    :class:`InstallInterrupted` is raised.
+    """
     secret_list = sorted({s for s in secrets if s}, key=len, reverse=True)
     shown = tuple(redact_text(arg, secret_list) for arg in argv)
+    signum = stopped()
+    if signum is not None:
+        raise InstallInterrupted(signum)
     child_env = dict(environ)
     # No prompts (stdin is closed anyway), no self-update nagging, no root warning noise.
     child_env.setdefault("PIP_NO_INPUT", "1")
@@ -140,27 +184,29 @@ def run_pip(
             text=True,
             errors="replace",
             bufsize=1,
+            # A group of its own: a stop reaches the builds pip starts, and a terminal's
+            # Ctrl-C reaches train (which stops pip) rather than pip alone.
+            start_new_session=True,
         )
     except OSError as exc:
         raise InstallError(
             f"cannot run {shown[0]}: {exc.strerror or exc}; command: {shlex.join(shown)}"
         ) from exc
+    assert proc.stdout is not None
+    # The output is read on a thread so that the wait below can notice a stop at once,
+    # even while pip prints nothing (a long build).
+    pump = threading.Thread(
+        target=_pump, args=(proc.stdout, tail, secret_list), name="smtk-pip-output", daemon=True
+    )
+    pump.start()
     try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = redact_text(raw.rstrip("\r\n"), secret_list)
-            tail.append(line)
-            logger.info("pip: %s", line)
-        status = proc.wait()
+        status = _wait(proc, stopped)
     finally:
-        if proc.poll() is None:  # interrupted (a signal turned into an exception): stop pip too
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
+        if proc.poll() is None:  # interrupted (a stop, or an exception): stop pip too
+            _stop_group(proc)
+        # The pipe ends when pip and every child it started have closed it.
+        pump.join(timeout=STOP_GRACE)
+        if not pump.is_alive():
             proc.stdout.close()
     seconds = time.monotonic() - started
     if status != 0:
@@ -172,6 +218,40 @@ def run_pip(
         )
     logger.info("install: done in %.1fs", seconds)
     return InstallReport(kind, shown, seconds)
+
+
+def _pump(lines: Iterator[str], tail: collections.deque[str], secrets: list[str]) -> None:
+    for raw in lines:
+        line = redact_text(raw.rstrip("\r\n"), secrets)
+        tail.append(line)
+        logger.info("pip: %s", line)
+
+
+def _wait(proc: subprocess.Popen[str], stopped: Callable[[], int | None]) -> int:
+    """pip's exit status; stops its group and raises :class:`InstallInterrupted` on a stop."""
+    while True:
+        try:
+            return proc.wait(timeout=_STOP_POLL)
+        except subprocess.TimeoutExpired:
+            signum = stopped()
+            if signum is not None:
+                logger.warning(
+                    "install: %s received; stopping pip (SIGTERM, SIGKILL after %.0fs)",
+                    signal_name(signum),
+                    STOP_GRACE,
+                )
+                _stop_group(proc)
+                raise InstallInterrupted(signum) from None
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to pip's process group, SIGKILL to what is left after ``STOP_GRACE``."""
+    signal_group(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_GRACE)
+    # Also children of pip's that outlived it (a build ignoring SIGTERM).
+    signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def pip_error(lines: Iterable[str]) -> str:

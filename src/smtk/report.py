@@ -78,14 +78,15 @@ class Outcome:
 
     @property
     def signal_name(self) -> str | None:
-        return _signal_name(self.signal) if self.signal is not None else None
+        return signal_name(self.signal) if self.signal is not None else None
 
 
 def success(seconds: float | None = None, host: str | None = None) -> Outcome:
     return Outcome(success=True, exit_status=0, host=host, seconds=seconds)
 
 
-def _signal_name(signum: int) -> str:
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15; ``signal N`` for a number that names no signal."""
     try:
         return signal.Signals(signum).name
     except ValueError:
@@ -187,7 +188,7 @@ def classify_exit(
     detail = "\n".join(error.traceback) if error else ""
     joined = "\n".join(stderr_tail)
     if signum is not None:
-        name = _signal_name(signum)
+        name = signal_name(signum)
         cause = f"{what} was killed by {name} (signal {signum})"
         hint = _SIGNAL_HINTS.get(signum)
         if signum == signal.SIGABRT and _GLOO_EXIT_ABORT in joined:

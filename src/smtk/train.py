@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -46,11 +45,12 @@ PLATFORM_STOP_WINDOW = 120.0
 
 
 class _Stopped(Exception):
-    """A stop signal arrived before the user's code was started."""
+    """A stop signal arrived before the user's code was started (``during``: doing what)."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, during: str = "") -> None:
         super().__init__(signum)
         self.signum = signum
+        self.during = during
 
 
 def main(argv: Sequence[str] = ()) -> int:
@@ -92,7 +92,7 @@ def _run_job(env: Environment, stop: StopController, started: float, secrets: li
         sync = _start_sync(env)
         outcome = _execute(env, stop, started, secrets)
     except _Stopped as stopped:
-        outcome = _stopped_before_start(env, stopped.signum, started)
+        outcome = _stopped_before_start(env, stopped.signum, started, stopped.during)
     except SmtkError as exc:
         logger.error("%s", exc)
         outcome = report.from_error(exc, host=env.current_host, seconds=time.monotonic() - started)
@@ -150,7 +150,10 @@ def _execute(env: Environment, stop: StopController, started: float, secrets: li
     codefetch.fetch_code(env)
     _check_stop(stop)
     entry = entry_point.resolve(env)
-    install.install_requirements(env, entry)
+    try:
+        install.install_requirements(env, entry, stopped=lambda: stop.stop_signal)
+    except install.InstallInterrupted as interrupted:
+        raise _Stopped(interrupted.signum, "while pip was installing the job's dependencies") from None
     _check_stop(stop)
     plan = select.build_plan(env, entry)
     _log_plan(plan, secrets)
@@ -219,23 +222,16 @@ def _log_plan(plan: LaunchPlan, secrets: list[str]) -> None:
         logger.debug("plan: %s", note)
 
 
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 def _stopped_outcome(
     env: Environment, plan: LaunchPlan, result: Any, secrets: list[str], seconds: float
 ) -> report.Outcome:
     signum = result.stopped_by
-    name = _signal_name(signum)
+    name = report.signal_name(signum)
     how = "the maximum runtime was reached" if result.timed_out else f"train received {name}"
     if result.killed_after_grace:
         ending = "it did not exit within the grace period and was killed with SIGKILL"
     elif result.signal is not None:
-        ending = f"it ended by {_signal_name(result.signal)}"
+        ending = f"it ended by {report.signal_name(result.signal)}"
     else:
         ending = f"it exited with status {result.returncode}"
     return report.Outcome(
@@ -253,11 +249,12 @@ def _stopped_outcome(
     )
 
 
-def _stopped_before_start(env: Environment, signum: int, started: float) -> report.Outcome:
+def _stopped_before_start(env: Environment, signum: int, started: float, during: str = "") -> report.Outcome:
+    when = f" ({during})" if during else ""
     return report.Outcome(
         success=False,
         exit_status=128 + signum,
-        cause=f"Stopped: train received {_signal_name(signum)} before the training code started",
+        cause=f"Stopped: train received {report.signal_name(signum)} before the training code started{when}",
         category="stopped",
         host=env.current_host,
         signal=signum,

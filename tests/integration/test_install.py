@@ -10,11 +10,14 @@ closed port on loopback.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
 import sysconfig
 import textwrap
+import threading
+import time
 import venv
 from pathlib import Path
 
@@ -23,9 +26,10 @@ import pytest
 from smtk.entry_point import resolve
 from smtk.environment import Environment
 from smtk.errors import InstallError
-from smtk.install import install_requirements, pip_error, url_credentials
+from smtk.install import InstallInterrupted, install_requirements, pip_error, url_credentials
 from smtk.launch.plain import entry_argv
 from tests.helpers.jobtree import make_tree
+from tests.helpers.processes import pid_alive
 
 OFFLINE = "--no-index --no-build-isolation"
 #: pip settings that make a refused connection fail at once instead of retrying.
@@ -123,6 +127,66 @@ def test_requirements_install_offline(tmp_path: Path, python: str) -> None:
     )
     assert importable(python, name, tmp_path) == name
     assert importable(sys.executable, name, tmp_path) is None  # the shared venv is untouched
+
+
+def slow_package(base: Path, pid_file: Path) -> None:
+    """A local package whose build writes its pid to ``pid_file``, ignores SIGTERM, and hangs."""
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "setup.py").write_text(
+        textwrap.dedent(
+            f"""\
+            import os, signal, time
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            with open({str(pid_file)!r}, "w") as handle:
+                handle.write(str(os.getpid()))
+            time.sleep(600)
+            raise SystemExit(1)
+            """
+        )
+    )
+
+
+def test_a_stop_ends_a_long_install_with_every_process_it_started(tmp_path: Path, python: str) -> None:
+    # A build that hangs (and ignores SIGTERM) must not hold a stopping job: pip's whole
+    # group is stopped at once and the install reports the signal.
+    env = job(
+        tmp_path,
+        "train.py",
+        {"train.py": "", "requirements.txt": "./slowpkg\n"},
+        SMTK_PIP_ARGS=OFFLINE,
+    )
+    pid_file = tmp_path / "build.pid"
+    slow_package(Path(env.paths.code_dir) / "slowpkg", pid_file)
+    asked: list[int] = []
+    stop_at: list[float] = []
+
+    def stop_once_building() -> None:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the build never started"
+            time.sleep(0.05)
+        stop_at.append(time.monotonic())
+        asked.append(signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_once_building, daemon=True)
+    stopper.start()
+    with pytest.raises(InstallInterrupted) as info:
+        install_requirements(env, resolve(env), python, stopped=lambda: asked[0] if asked else None)
+    took = time.monotonic() - stop_at[0]
+    assert info.value.signum == signal.SIGTERM
+    assert took < 10, f"the install took {took:.1f}s to stop"
+    build = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while pid_alive(build) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(build), "the build that ignored SIGTERM outlived the stop"
+
+
+def test_a_stop_before_the_install_runs_nothing(tmp_path: Path, python: str) -> None:
+    env = job(tmp_path, "train.py", {"train.py": "", "requirements.txt": "./nothing-here\n"})
+    with pytest.raises(InstallInterrupted) as info:
+        install_requirements(env, resolve(env), python, stopped=lambda: signal.SIGINT)
+    assert info.value.signum == signal.SIGINT
 
 
 def test_failing_requirements_carry_pips_error_without_the_password(

@@ -45,6 +45,7 @@ from typing import IO
 from smtk import settings
 from smtk.launch.plan import LaunchPlan
 from smtk.redact import redact_text
+from smtk.report import signal_name
 
 logger = logging.getLogger("smtk")
 
@@ -264,14 +265,8 @@ class _OutputPump:
         self._selector.close()
 
 
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-def _killpg(pgid: int, signum: int) -> bool:
+def signal_group(pgid: int, signum: int) -> bool:
+    """Send ``signum`` to process group ``pgid``; False when the group is gone."""
     try:
         os.killpg(pgid, signum)
     except ProcessLookupError:
@@ -282,7 +277,7 @@ def _killpg(pgid: int, signum: int) -> bool:
 
 
 def _group_alive(pgid: int) -> bool:
-    return _killpg(pgid, 0)
+    return signal_group(pgid, 0)
 
 
 class _Reaper:
@@ -387,25 +382,25 @@ def run(
                         logger.warning(
                             "received %s: forwarding it to the job's process group %d; "
                             "SIGKILL in %.0f s if it has not exited (SMTK_GRACE_PERIOD)",
-                            _signal_name(signum),
+                            signal_name(signum),
                             pgid,
                             grace,
                         )
-                        _killpg(pgid, signum)
+                        signal_group(pgid, signum)
                     elif signum == stopped_by and not killed:
-                        logger.warning("received %s again: killing the job now", _signal_name(signum))
+                        logger.warning("received %s again: killing the job now", signal_name(signum))
                         kill_deadline = now
                     else:
-                        _killpg(pgid, signum)
+                        signal_group(pgid, signum)
                 forwarded = len(stop.received)
             if kill_deadline is not None and not killed and now >= kill_deadline:
                 killed = True
                 logger.error("the job did not exit in time: killing its process group with SIGKILL")
-                _killpg(pgid, signal.SIGKILL)
+                signal_group(pgid, signal.SIGKILL)
     finally:
         if reaper.status is None:
             # We are unwinding because of an error of our own: leave nothing behind.
-            _killpg(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)
             reaper.poll(10.0)
     status = reaper.status if reaper.status is not None else 0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -438,14 +433,14 @@ def _clean_up_group(pgid: int) -> None:
     if not _group_alive(pgid):
         return
     logger.info("the job's main process exited; stopping processes it left running")
-    _killpg(pgid, signal.SIGTERM)
+    signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + STRAGGLER_GRACE
     while time.monotonic() < deadline:
         if not _group_alive(pgid):
             return
         _reap_orphans()
         time.sleep(_LOOP_INTERVAL)
-    _killpg(pgid, signal.SIGKILL)
+    signal_group(pgid, signal.SIGKILL)
     _reap_orphans()
 
 
