@@ -106,3 +106,58 @@ def test_logged_command_line_has_no_secret_values(
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("container: ")]
     assert "hunter2-long" not in line
     assert "--label team=ml" in line
+
+
+#: A container that runs until it is signalled (or 30 s pass: then it "succeeds").
+WAITING_ENGINE = """#!/bin/sh
+state={state}
+case "$1" in
+    info) exit 0 ;;
+    run)
+        n=0
+        while [ ! -e "$state/signalled" ]; do
+            sleep 0.05
+            n=$((n + 1))
+            [ $n -gt 600 ] && exit 0
+        done
+        exit 143 ;;
+    kill)
+        echo "$3" >> "$state/signals"
+        touch "$state/signalled"
+        exit 0 ;;
+esac
+exit 1
+"""
+
+
+def test_smtk_local_image_stops_the_container_at_the_maximum_runtime(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    engine = tmp_path / "engine"
+    engine.write_text(WAITING_ENGINE.format(state=state))
+    engine.chmod(0o755)
+    started = time.monotonic()
+    ran = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "smtk"),
+            "local",
+            "--image",
+            "img",
+            "--entry-point",
+            "train.py",
+            "--job-dir",
+            str(tmp_path / "jobs"),
+            "--max-run",
+            "1",
+        ],
+        env=clean_env(SMTK_CONTAINER_ENGINE=str(engine)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    took = time.monotonic() - started
+    assert ran.returncode == 143, ran.stdout + ran.stderr
+    assert (state / "signals").read_text().splitlines() == ["SIGTERM"]
+    assert "maximum runtime of 1 s reached" in ran.stderr
+    assert took < 25

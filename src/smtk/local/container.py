@@ -15,7 +15,9 @@ ships its code in ``/opt/ml/code`` keeps it); the container runs ``train`` (the 
 ``train`` accepts and ignores it). Output streams straight to this process's
 stdout/stderr; the exit status is the container's. SIGTERM/SIGINT received here are
 forwarded to the container (``<engine> kill --signal``); if it has not exited
-``stop_timeout`` seconds later, or on a second signal, it is killed.
+``stop_timeout`` seconds later, or on a second signal, it is killed. With
+``max_runtime`` (the job's ``MaxRuntimeInSeconds``), the container gets the same SIGTERM
+once that many seconds have passed, as the platform does.
 
 Settings:
 
@@ -154,6 +156,7 @@ def run_in_container(
     engine: str | None = None,
     name: str | None = None,
     stop_timeout: int = 120,
+    max_runtime: float | None = None,
     extra_args: Sequence[str] = (),
 ) -> int:
     """Run ``IMAGE train`` with ``host_root`` as ``/opt/ml``; returns the container's exit status.
@@ -161,7 +164,8 @@ def run_in_container(
     ``environ`` is the job's environment inside the container (only these variables are
     passed). ``engine`` defaults to :func:`find_engine`; ``extra_args`` are more ``run``
     options (mounts, ``--network``, ``--gpus``), after ``SMTK_CONTAINER_ARGS``. Must be
-    called from the main thread when SIGTERM/SIGINT are to be forwarded.
+    called from the main thread when SIGTERM/SIGINT are to be forwarded. ``max_runtime``:
+    seconds after which the container is stopped like on SIGTERM.
     """
     if not os.path.isdir(host_root):
         raise ConfigError("run_in_container", "host_root", "an existing job tree directory", host_root)
@@ -196,7 +200,7 @@ def run_in_container(
             argv, stdin=subprocess.DEVNULL, env={**os.environ, **environ}, start_new_session=True
         )
         try:
-            status = child.wait()
+            status = _wait(child, forwarder, max_runtime)
         finally:
             forwarder.finished.set()
     if forwarder.signals:
@@ -207,6 +211,22 @@ def run_in_container(
             status,
         )
     return status
+
+
+def _wait(child: subprocess.Popen[bytes], forwarder: _Forwarder, max_runtime: float | None) -> int:
+    """The container's exit status; past ``max_runtime`` it is stopped as on SIGTERM."""
+    if max_runtime is None:
+        return child.wait()
+    try:
+        return child.wait(timeout=max_runtime)
+    except subprocess.TimeoutExpired:
+        logger.warning(
+            "smtk local: maximum runtime of %.0f s reached: stopping container %s (SIGTERM)",
+            max_runtime,
+            forwarder.container,
+        )
+        forwarder.request(signal.SIGTERM)
+        return child.wait()
 
 
 def _current_host(host_root: str) -> str | None:
@@ -254,6 +274,10 @@ class _Forwarder:
         if callable(previous) and previous is not signal.default_int_handler:
             # Chain to a recording handler (smtk local's StopController) so it sees the stop too.
             previous(signum, frame)
+        self.request(signum)
+
+    def request(self, signum: int) -> None:
+        """Stop the container as on ``signum`` (a second request kills it)."""
         self.signals.append(signum)
         # The engine CLI may take a while: never block the main thread's wait() in a handler.
         threading.Thread(target=self._stop, args=(signum, len(self.signals) == 1), daemon=True).start()

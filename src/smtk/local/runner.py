@@ -180,7 +180,9 @@ def _run_in_containers(spec: JobSpec, trees: list[HostTree], environ: Mapping[st
             mounts += ["-v", f"{channel.source}:/opt/ml/input/data/{channel.name}:ro"]
     if spec.source_dir:
         shutil.copytree(spec.source_dir, os.path.join(tree.root, "code"), dirs_exist_ok=True, symlinks=True)
-    status = run_in_container(spec.image or "", tree.root, environ=container_env, extra_args=mounts)
+    status = run_in_container(
+        spec.image or "", tree.root, environ=container_env, max_runtime=spec.max_runtime, extra_args=mounts
+    )
     return [HostOutcome(tree.host, tree.root, status)]
 
 
