@@ -440,7 +440,7 @@ class Session:
                 )
                 self.stopped_us = stop.stop_signal is None
                 # Requested before anyone sees ``root``: whoever reacts to it finds the stop.
-                stop.request(signal.SIGTERM)
+                stop.request(signal.SIGTERM, kill_after=(self.grace, "SMTK_PEER_ABORT_GRACE"))
             self.cond.notify_all()
         if stop is not None and stopping:
             threading.Thread(target=self._escalate, args=(stop,), name="smtk-peer-abort", daemon=True).start()

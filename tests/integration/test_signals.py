@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -203,3 +204,30 @@ def test_train_as_pid_1_reaps_zombies_and_forwards_sigterm(tmp_path: Path) -> No
     assert "got SIGTERM in PID namespace" in out
     assert proc.returncode == 143
     assert (root / "output" / "failure").read_text().startswith("Stopped: train received SIGTERM")
+
+
+def test_a_stop_that_kills_sooner_says_so_and_is_kept(
+    tmp_path: Path, smtk_log: pytest.LogCaptureFixture
+) -> None:
+    # A peer's failure stops this host's run with SIGKILL after SMTK_PEER_ABORT_GRACE, not
+    # after the (longer) grace period: the supervisor must keep that deadline and log it.
+    from smtk.launch.plan import LaunchPlan
+    from smtk.launch.process import StopController, run
+
+    ready = tmp_path / "ready"
+    program = STUBBORN.replace('print("ready", flush=True)', f"open({str(ready)!r}, 'w').close()")
+    plan = LaunchPlan(kind="process", argv=(sys.executable, "-c", program), cwd=str(tmp_path))
+    stop = StopController()
+
+    def stop_when_ready() -> None:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.request(signal.SIGTERM, kill_after=(1.0, "SMTK_PEER_ABORT_GRACE"))
+
+    threading.Thread(target=stop_when_ready, daemon=True).start()
+    result = run(plan, stop=stop, grace_period=60)
+    assert result.killed_after_grace
+    assert result.signal == signal.SIGKILL
+    assert result.seconds < 30
+    assert "SIGKILL in 1 s if it has not exited (SMTK_PEER_ABORT_GRACE)" in smtk_log.text

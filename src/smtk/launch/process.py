@@ -70,6 +70,8 @@ class StopController:
     def __init__(self) -> None:
         self.received: list[int] = []
         self.first_at: float | None = None
+        #: A shorter grace period the first stop asked for, and the setting it comes from.
+        self.kill_after: tuple[float, str] | None = None
         self._previous: dict[int, object] = {}
 
     def install(self) -> StopController:
@@ -88,8 +90,14 @@ class StopController:
         if self.first_at is None:
             self.first_at = time.monotonic()
 
-    def request(self, signum: int = signal.SIGTERM) -> None:
-        """Ask for a stop as if ``signum`` had been received (max runtime, tests)."""
+    def request(self, signum: int = signal.SIGTERM, *, kill_after: tuple[float, str] | None = None) -> None:
+        """Ask for a stop as if ``signum`` had been received (max runtime, a peer's failure, tests).
+
+        ``kill_after``: (seconds, setting name) when whoever asks kills the job sooner than
+        the grace period (a peer's failure: ``SMTK_PEER_ABORT_GRACE``), so the log says so.
+        """
+        if not self.received and kill_after is not None:
+            self.kill_after = kill_after
         self._handle(signum, None)
 
     @property
@@ -378,13 +386,17 @@ def run(
                 for signum in stop.received[forwarded:]:
                     if stopped_by is None:
                         stopped_by = signum
-                        kill_deadline = now + grace
+                        wait, setting = grace, "SMTK_GRACE_PERIOD"
+                        if stop.kill_after is not None and stop.kill_after[0] < grace:
+                            wait, setting = stop.kill_after
+                        kill_deadline = now + wait
                         logger.warning(
                             "received %s: forwarding it to the job's process group %d; "
-                            "SIGKILL in %.0f s if it has not exited (SMTK_GRACE_PERIOD)",
+                            "SIGKILL in %.0f s if it has not exited (%s)",
                             signal_name(signum),
                             pgid,
-                            grace,
+                            wait,
+                            setting,
                         )
                         signal_group(pgid, signum)
                     elif signum == stopped_by and not killed:
