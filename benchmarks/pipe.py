@@ -20,9 +20,11 @@
    ``.venv-ref`` or ``$SMTK_REFERENCE_PYTHON``). Target: >= 3x the reference's records/s.
    For the large records a plain ``os.read`` loop (header read, payload read: the one
    copy any reader that returns ``bytes`` must make) is shown as the ceiling of readers
-   that return ``bytes``, and smtk's ``views=True`` readers (records are views of the
-   memory-mapped file: no copy; the bytes are read when the consumer touches them) are
-   shown beside them.
+   that return ``bytes``, reading the TFRecord file in 1 MiB chunks and running
+   ``google-crc32c`` over every byte (no parsing) as the ceiling of readers that check
+   CRCs, and smtk's ``views=True`` readers (records are views of the memory-mapped
+   file: no copy; the bytes are read when the consumer touches them) are shown beside
+   them.
 
 Each measurement runs in a fresh process; every round runs all of them in turn. Parsers
 start the clock once their modules are imported (smtk's, and the CRC extension's, which
@@ -161,6 +163,23 @@ print(json.dumps({"records": count, "seconds": time.perf_counter() - started}))
 """
 
 
+CRC_FLOOR_PARSE = """
+import gc, json, os, sys, time
+from google_crc32c import extend  # the C routine smtk uses, imported before the clock
+def consume():
+    crc = 0
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    while chunk := os.read(fd, 1 << 20):
+        crc = extend(crc, chunk)
+    os.close(fd)
+    return crc
+gc.collect()  # the interpreter's start-up garbage: not part of any reader's work
+started = time.perf_counter()
+consume()
+print(json.dumps({"records": int(sys.argv[2]), "seconds": time.perf_counter() - started}))
+"""
+
+
 def run_json(argv: list[str], env: dict[str, str] | None = None, cpu: int | None = None) -> dict[str, Any]:
     result = subprocess.run(
         argv,
@@ -270,6 +289,10 @@ def parsing(tmp: Path, small: int, large: int, repeat: int) -> None:
         if size >= 65536:
             runs["os.read loop (1-copy ceiling)"] = (
                 [sys.executable, "-c", CEILING_PARSE, str(paths["recordio"])],
+                None,
+            )
+            runs["read + CRC32C of every byte (CRC ceiling)"] = (
+                [sys.executable, "-c", CRC_FLOOR_PARSE, str(paths["tfrecord"]), str(count)],
                 None,
             )
             runs["smtk recordio, views"] = ([*parse, str(paths["recordio"]), "recordio", "1", "views"], None)
