@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,8 @@ from smtk.channels.pipe import PipeEpoch
 from smtk.channels.records import encode_recordio
 from smtk.environment import Environment
 from smtk.errors import ChannelError
-from tests.conftest import VENV_BIN
 from tests.helpers.jobtree import make_tree
+from tests.helpers.pipefeed import start_pipe_feed
 
 PIPE = {"TrainingInputMode": "Pipe"}
 
@@ -38,37 +37,6 @@ def source_dir(tmp_path: Path, files: dict[str, bytes]) -> Path:
     return src
 
 
-@pytest.fixture
-def feeders() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(timeout=60)
-
-
-def feed(
-    procs: list[subprocess.Popen[bytes]], env: Environment, channel: str, source: Path, *args: str
-) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            str(VENV_BIN / "smtk"),
-            "pipe-feed",
-            "--channel",
-            channel,
-            "--source",
-            str(source),
-            "--data-dir",
-            env.paths.input_data_dir,
-            *args,
-        ],
-        stderr=subprocess.PIPE,
-    )
-    procs.append(proc)
-    return proc
-
-
 def test_several_epochs_with_recordio_wrapping(
     tmp_path: Path, feeders: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -76,7 +44,7 @@ def test_several_epochs_with_recordio_wrapping(
     env = job(
         tmp_path, train={**PIPE, "RecordWrapperType": "RecordIO", "ContentType": "application/x-recordio"}
     )
-    feeder = feed(
+    feeder = start_pipe_feed(
         feeders, env, "train", source_dir(tmp_path, files), "--epochs", "3", "--record-wrapper", "RecordIO"
     )
     train = env.channels["train"]
@@ -99,7 +67,7 @@ def test_several_epochs_with_recordio_wrapping(
 def test_early_close_moves_the_feeder_on(tmp_path: Path, feeders: list[subprocess.Popen[bytes]]) -> None:
     data = os.urandom(5 << 20)
     env = job(tmp_path, train=PIPE)
-    feeder = feed(feeders, env, "train", source_dir(tmp_path, {"big": data}), "--epochs", "3")
+    feeder = start_pipe_feed(feeders, env, "train", source_dir(tmp_path, {"big": data}), "--epochs", "3")
     train = smtk.channels.get("train", env)
     with train.epoch(0, timeout=120) as epoch:
         assert epoch.read(10) == data[:10]
@@ -250,7 +218,7 @@ def test_a_writer_that_stalls_mid_record_fails_after_the_stall_timeout(tmp_path:
 
 def test_reading_an_epoch_twice_fails_at_once(tmp_path: Path, feeders: list[subprocess.Popen[bytes]]) -> None:
     env = job(tmp_path, train=PIPE)
-    feeder = feed(feeders, env, "train", source_dir(tmp_path, {"f": b"data"}), "--epochs", "2")
+    feeder = start_pipe_feed(feeders, env, "train", source_dir(tmp_path, {"f": b"data"}), "--epochs", "2")
     train = env.channels["train"]
     with train.epoch(0, timeout=120) as epoch:
         assert epoch.read() == b"data"
@@ -270,7 +238,9 @@ def test_augmented_manifest_in_pipe_mode_is_regrouped(
     rows = [(os.urandom(2000), b'{"class": 1}'), (os.urandom(10), b'{"class": 0}')]
     files = {f"{i:03d}-{k}": value for i, row in enumerate(rows) for k, value in enumerate(row)}
     env = job(tmp_path, train={**PIPE, "RecordWrapperType": "RecordIO"})
-    feeder = feed(feeders, env, "train", source_dir(tmp_path, files), "--record-wrapper", "RecordIO")
+    feeder = start_pipe_feed(
+        feeders, env, "train", source_dir(tmp_path, files), "--record-wrapper", "RecordIO"
+    )
     with env.channels["train"].epoch(0, timeout=120) as epoch:
         lines = list(epoch.records("manifest", attribute_names=["source-ref", "class-metadata"]))
     assert lines == [{"source-ref": a, "class-metadata": b} for a, b in rows]
@@ -342,7 +312,7 @@ def test_views_hand_over_page_aligned_buffers_that_never_change_under_you(
 
     data = os.urandom(3 << 20)
     env = job(tmp_path, train=PIPE)
-    feeder = feed(feeders, env, "train", source_dir(tmp_path, {"big": data}), "--epochs", "2")
+    feeder = start_pipe_feed(feeders, env, "train", source_dir(tmp_path, {"big": data}), "--epochs", "2")
     train = env.channels["train"]
     with train.epoch(0, timeout=120) as epoch:
         # Drop each view at once: a few buffers serve the whole epoch.
@@ -379,7 +349,7 @@ def test_records_as_views_from_a_fifo(tmp_path: Path, feeders: list[subprocess.P
     records = [small] * 40 + [big, small, big] + [b""]
     env = job(tmp_path, train=PIPE)
     src = source_dir(tmp_path, {"records.rec": b"".join(encode_recordio(r) for r in records)})
-    feeder = feed(feeders, env, "train", src, "--epochs", "1")
+    feeder = start_pipe_feed(feeders, env, "train", src, "--epochs", "1")
     with env.channels["train"].epoch(0, timeout=120) as epoch:
         got = list(epoch.records("recordio", views=True))
     assert all(isinstance(r, memoryview) and r.readonly for r in got)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,8 @@ import pytest
 
 from smtk.channels.records import encode_recordio
 from smtk.environment import Environment
-from tests.conftest import VENV_BIN
 from tests.helpers.jobtree import make_tree
+from tests.helpers.pipefeed import start_pipe_feed
 
 torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader, get_worker_info  # noqa: E402
@@ -101,41 +100,9 @@ def test_sharded_channels_split_only_among_the_hosts_ranks(
     assert mine == records[0::2]
 
 
-@pytest.fixture
-def feeders() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(timeout=60)
-
-
 def pipe_job(tmp_path: Path, names: list[str]) -> Environment:
     root = make_tree(tmp_path, inputdataconfig={n: {"TrainingInputMode": "Pipe"} for n in names})
     return Environment(root, environ={"SAGEMAKER_BASE_DIR": str(root)})
-
-
-def start_feeder(
-    procs: list[subprocess.Popen[bytes]], env: Environment, channel: str, src: Path, epochs: int
-) -> None:
-    procs.append(
-        subprocess.Popen(
-            [
-                str(VENV_BIN / "smtk"),
-                "pipe-feed",
-                "--channel",
-                channel,
-                "--source",
-                str(src),
-                "--data-dir",
-                env.paths.input_data_dir,
-                "--epochs",
-                str(epochs),
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-    )
 
 
 def test_pipe_mode_one_channel_per_worker(tmp_path: Path, feeders: list[subprocess.Popen[bytes]]) -> None:
@@ -147,7 +114,7 @@ def test_pipe_mode_one_channel_per_worker(tmp_path: Path, feeders: list[subproce
         payloads = [f"{name}-{i}".encode() for i in range(20)]
         (src / "data.rec").write_bytes(b"".join(encode_recordio(p) for p in payloads))
         expected += payloads
-        start_feeder(feeders, env, name, src, epochs=2)
+        start_pipe_feed(feeders, env, name, src, "--epochs", "2", stderr=subprocess.DEVNULL)
     dataset = ChannelDataset(
         ["train_a", "train_b"], "recordio", env=env, transform=tagged, epoch_options={"timeout": 120}
     )
@@ -174,7 +141,7 @@ def test_pipe_mode_in_the_main_process(tmp_path: Path, feeders: list[subprocess.
     src = tmp_path / "src"
     src.mkdir()
     (src / "d.rec").write_bytes(b"".join(encode_recordio(bytes([i])) for i in range(10)))
-    start_feeder(feeders, env, "train", src, epochs=2)
+    start_pipe_feed(feeders, env, "train", src, "--epochs", "2", stderr=subprocess.DEVNULL)
     dataset = ChannelDataset("train", env=env, epoch_options={"timeout": 120})
     loader = DataLoader(dataset, batch_size=None)
     assert [list(loader), list(loader)] == [[bytes([i]) for i in range(10)]] * 2
