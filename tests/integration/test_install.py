@@ -29,7 +29,7 @@ from smtk.errors import InstallError
 from smtk.install import InstallInterrupted, install_requirements, pip_error, url_credentials
 from smtk.launch.plain import entry_argv
 from tests.helpers.jobtree import make_tree
-from tests.helpers.processes import pid_alive
+from tests.helpers.processes import hanging_setup_py, pid_alive
 
 OFFLINE = "--no-index --no-build-isolation"
 #: pip settings that make a refused connection fail at once instead of retrying.
@@ -129,23 +129,6 @@ def test_requirements_install_offline(tmp_path: Path, python: str) -> None:
     assert importable(sys.executable, name, tmp_path) is None  # the shared venv is untouched
 
 
-def slow_package(base: Path, pid_file: Path) -> None:
-    """A local package whose build writes its pid to ``pid_file``, ignores SIGTERM, and hangs."""
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "setup.py").write_text(
-        textwrap.dedent(
-            f"""\
-            import os, signal, time
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            with open({str(pid_file)!r}, "w") as handle:
-                handle.write(str(os.getpid()))
-            time.sleep(600)
-            raise SystemExit(1)
-            """
-        )
-    )
-
-
 def test_a_stop_ends_a_long_install_with_every_process_it_started(tmp_path: Path, python: str) -> None:
     # A build that hangs (and ignores SIGTERM) must not hold a stopping job: pip's whole
     # group is stopped at once and the install reports the signal.
@@ -156,7 +139,9 @@ def test_a_stop_ends_a_long_install_with_every_process_it_started(tmp_path: Path
         SMTK_PIP_ARGS=OFFLINE,
     )
     pid_file = tmp_path / "build.pid"
-    slow_package(Path(env.paths.code_dir) / "slowpkg", pid_file)
+    package = Path(env.paths.code_dir) / "slowpkg"
+    package.mkdir()
+    (package / "setup.py").write_text(hanging_setup_py(pid_file))
     asked: list[int] = []
     stop_at: list[float] = []
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from smtk.launch.plan import LaunchPlan
+from smtk.launch.process import StopController, run
 from tests.helpers.jobtree import clean_env, make_tree
-from tests.helpers.processes import pid_alive
+from tests.helpers.processes import hanging_setup_py, pid_alive
 
 TRAIN = str(Path(sys.executable).parent / "train")
 
@@ -103,19 +105,12 @@ def test_a_stop_during_the_requirements_install_ends_the_job_at_once(tmp_path: P
     # pip building a package that hangs (and ignores SIGTERM) must not hold the stop
     # until the platform's SIGKILL: train stops pip's whole group and reports the stop.
     pid_file = tmp_path / "build.pid"
-    setup = (
-        "import os, signal, time\n"
-        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
-        "time.sleep(600)\n"
-        "raise SystemExit(1)\n"
-    )
     root = make_tree(
         tmp_path / "job",
         code={
             "train.py": "print('never runs')\n",
             "requirements.txt": "./slowpkg\n",
-            "slowpkg/setup.py": setup,
+            "slowpkg/setup.py": hanging_setup_py(pid_file),
         },
     )
     proc = start_train(root, SMTK_PIP_ARGS="--no-index --no-build-isolation")
@@ -211,9 +206,6 @@ def test_a_stop_that_kills_sooner_says_so_and_is_kept(
 ) -> None:
     # A peer's failure stops this host's run with SIGKILL after SMTK_PEER_ABORT_GRACE, not
     # after the (longer) grace period: the supervisor must keep that deadline and log it.
-    from smtk.launch.plan import LaunchPlan
-    from smtk.launch.process import StopController, run
-
     ready = tmp_path / "ready"
     program = STUBBORN.replace('print("ready", flush=True)', f"open({str(ready)!r}, 'w').close()")
     plan = LaunchPlan(kind="process", argv=(sys.executable, "-c", program), cwd=str(tmp_path))
