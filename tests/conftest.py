@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -62,3 +63,22 @@ def smtk_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixt
         yield caplog
     finally:
         logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture
+def smtk_written() -> Iterator[io.StringIO]:
+    """What smtk's own log handler writes: every line after masking (what a user would see)."""
+    from smtk import log
+
+    stream = io.StringIO()
+    handler = log.MaskingHandler(stream)
+    handler.setFormatter(logging.Formatter("smtk %(levelname)s %(message)s"))
+    logger = logging.getLogger("smtk")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)

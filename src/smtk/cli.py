@@ -1,18 +1,19 @@
 """Console entry points: ``train`` (what the platform runs) and ``smtk`` (tools).
 
-The ``smtk`` front end imports only the module of the subcommand asked for, so
-``smtk env`` never pays for what ``smtk local`` needs. Each subcommand lives in
+Both install the job's :class:`~smtk.stop.Stop` as their very first instruction, before
+any other smtk module is imported, so a SIGTERM that arrives while ``train`` is still
+starting is recorded (and ends the job as stopped) instead of killing it with no
+failure file. The ``smtk`` front end imports only the module of the subcommand asked
+for, so ``smtk env`` never pays for what ``smtk local`` needs. Each subcommand lives in
 ``smtk.commands.<name>`` and provides ``add_arguments(parser)`` and ``run(args)``.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-from smtk import __version__
+from smtk.stop import Stop
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -37,39 +38,71 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, stop: Stop | None = None) -> int:
     """``smtk <command> ...``; returns the exit status."""
+    import argparse  # the dispatcher's own needs: imported after the stop is installed
+    import importlib
+
+    from smtk import __version__, log
+
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
-        print(_usage())
+        log.write("stdout" if args else "stderr", _usage())
         return 0 if args else 2
     if args[0] in ("-V", "--version"):
-        print(f"smtk {__version__}")
+        log.write("stdout", f"smtk {__version__}")
         return 0
     name = args[0]
     if name not in COMMANDS:
-        print(f"smtk: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        import difflib
+
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        log.write("stderr", f"smtk: unknown command {name!r}{hint}\n\n{_usage()}")
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"smtk {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     namespace = parser.parse_args(args[1:])
+    namespace.stop = stop or Stop()
     result: int = module.run(namespace)
     return result
 
 
-def train_main(argv: Sequence[str] | None = None) -> int:
+def train_main(argv: Sequence[str] | None = None, stop: Stop | None = None) -> int:
     """``train``: run the job described by ``/opt/ml`` (or ``$SAGEMAKER_BASE_DIR``)."""
     from smtk.train import main as run_train
 
-    return run_train(list(sys.argv[1:] if argv is None else argv))
+    return run_train(list(sys.argv[1:] if argv is None else argv), stop)
+
+
+def _exit(status: int) -> None:
+    """Exit with ``status`` even when our own stdout or stderr is a closed pipe.
+
+    Python flushes both at exit and turns a failure there into exit status 120; the
+    job's status must win, so a stream that cannot be flushed is pointed at /dev/null.
+    """
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+    sys.exit(status)
 
 
 def smtk_console() -> None:
     """Console script ``smtk``."""
-    sys.exit(main())
+    stop = Stop().install()
+    _exit(main(stop=stop))
 
 
 def train_console() -> None:
     """Console script ``train``."""
-    sys.exit(train_main())
+    stop = Stop().install()
+    _exit(train_main(stop=stop))

@@ -18,14 +18,14 @@ no fixed sleeps: a peer that is already up costs one connect.
 
 Host names resolve through the system resolver unless ``SMTK_HOST_ADDRESSES``
 (``algo-1=127.0.0.2,algo-2=127.0.0.3``) maps them; the mapping is honoured here and
-by the launch plans (torchrun's master address, mpirun's host list), which lets
-``smtk local`` run several hosts on one machine without touching ``/etc/hosts``.
+by the launch plans (torchrun's master address, mpirun's host list, through
+:meth:`~smtk.settings.Settings.address_of`), which lets ``smtk local`` run several
+hosts on one machine without touching ``/etc/hosts``. Every wait takes the job's stop.
 
 ::
 
     from smtk import cluster
-    cluster.wait_for_peers(env, plan)       # raises ClusterError naming the laggards
-    cluster.address_of("algo-2", environ)   # "127.0.0.3" when mapped, else "algo-2"
+    cluster.wait_for_peers(env, plan, session, stop)   # raises ClusterError naming the laggards
 """
 
 from __future__ import annotations
@@ -36,21 +36,20 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from smtk import settings
 from smtk.environment import Environment
-from smtk.errors import ClusterError, ConfigError
+from smtk.errors import ClusterError
 from smtk.launch.plan import LaunchPlan
+from smtk.settings import Settings
+from smtk.stop import Stop, Stopped
+
+if TYPE_CHECKING:
+    from smtk.peers import Session
 
 logger = logging.getLogger("smtk")
 
-#: Seconds to wait for peers unless ``SMTK_READY_TIMEOUT`` says otherwise: containers of
-#: one job can start minutes apart (image pulls), so this is generous.
-DEFAULT_READY_TIMEOUT = 600.0
-#: Port of the torchrun rendezvous store on the master (the reference's MASTER_PORT).
-DEFAULT_MASTER_PORT = 7777
-#: Port of each host's ``train`` for the job's status channel (smtk.peers).
-DEFAULT_STATUS_PORT = 7778
+#: The port sshd listens on unless ``SMTK_SSH_PORT`` says otherwise.
 DEFAULT_SSH_PORT = 22
 #: Backoff between attempts of one host: first delay, factor, cap (seconds).
 BACKOFF = (0.05, 2.0, 1.0)
@@ -58,55 +57,6 @@ BACKOFF = (0.05, 2.0, 1.0)
 CONNECT_TIMEOUT = 2.0
 #: Seconds between two progress lines while waiting.
 PROGRESS_INTERVAL = 10.0
-
-
-# -- settings ------------------------------------------------------------------------------
-
-
-def host_addresses(environ: Mapping[str, str]) -> dict[str, str]:
-    """``SMTK_HOST_ADDRESSES`` as a mapping host -> address (empty when unset)."""
-    text = environ.get("SMTK_HOST_ADDRESSES", "").strip()
-    result: dict[str, str] = {}
-    if not text:
-        return result
-    for item in text.split(","):
-        host, sep, address = item.strip().partition("=")
-        if not sep or not host.strip() or not address.strip():
-            raise ConfigError("SMTK_HOST_ADDRESSES", None, "comma-separated host=address pairs", text)
-        result[host.strip()] = address.strip()
-    return result
-
-
-def address_of(host: str, environ: Mapping[str, str]) -> str:
-    """The address to use for ``host``: its mapping, else the name itself."""
-    return host_addresses(environ).get(host, host)
-
-
-def _port(environ: Mapping[str, str], name: str, default: int) -> int:
-    value = settings.number(environ, name, default, minimum=1)
-    if value != int(value) or value > 65535:
-        raise ConfigError(name, None, "a TCP port (1-65535)", environ.get(name))
-    return int(value)
-
-
-def ready_timeout(environ: Mapping[str, str]) -> float:
-    """``SMTK_READY_TIMEOUT``: seconds to wait for peers (default 600)."""
-    return settings.number(environ, "SMTK_READY_TIMEOUT", DEFAULT_READY_TIMEOUT)
-
-
-def master_port(environ: Mapping[str, str]) -> int:
-    """``SMTK_MASTER_PORT``: torchrun's rendezvous port on the master (default 7777)."""
-    return _port(environ, "SMTK_MASTER_PORT", DEFAULT_MASTER_PORT)
-
-
-def status_port(environ: Mapping[str, str]) -> int:
-    """``SMTK_STATUS_PORT``: each host's status channel port (default 7778)."""
-    return _port(environ, "SMTK_STATUS_PORT", DEFAULT_STATUS_PORT)
-
-
-def ssh_port(environ: Mapping[str, str]) -> int:
-    """``SMTK_SSH_PORT``: the port sshd listens on for MPI (default 22)."""
-    return _port(environ, "SMTK_SSH_PORT", DEFAULT_SSH_PORT)
 
 
 # -- probing one host -------------------------------------------------------------------------
@@ -130,9 +80,9 @@ class State:
     problem: str = "not tried yet"
 
 
-def resolve(host: str, environ: Mapping[str, str]) -> str:
+def resolve(host: str, settings: Settings) -> str:
     """One address of ``host`` (mapped, else from the resolver); raises :class:`OSError`."""
-    mapped = host_addresses(environ).get(host)
+    mapped = settings.host_addresses.get(host)
     if mapped is not None:
         return mapped
     infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
@@ -140,11 +90,11 @@ def resolve(host: str, environ: Mapping[str, str]) -> str:
 
 
 def connect(
-    peer: Peer, environ: Mapping[str, str], timeout: float = CONNECT_TIMEOUT
+    peer: Peer, settings: Settings, timeout: float = CONNECT_TIMEOUT
 ) -> tuple[socket.socket | None, str | None]:
     """One attempt to reach ``peer``: (the connected socket, ``None``) or (``None``, what failed)."""
     try:
-        address = resolve(peer.host, environ)
+        address = resolve(peer.host, settings)
     except OSError as exc:
         return None, f"DNS: {exc.strerror or exc}"
     if peer.port is None:
@@ -157,9 +107,9 @@ def connect(
         return None, f"connect {address}:{peer.port}{what}: {reason}"
 
 
-def probe(peer: Peer, environ: Mapping[str, str], timeout: float = CONNECT_TIMEOUT) -> str | None:
+def probe(peer: Peer, settings: Settings, timeout: float = CONNECT_TIMEOUT) -> str | None:
     """One attempt: ``None`` when ``peer`` is ready, else what failed."""
-    sock, problem = connect(peer, environ, timeout)
+    sock, problem = connect(peer, settings, timeout)
     if sock is not None:
         sock.close()
     return problem
@@ -167,7 +117,7 @@ def probe(peer: Peer, environ: Mapping[str, str], timeout: float = CONNECT_TIMEO
 
 def watch(
     peer: Peer,
-    environ: Mapping[str, str],
+    settings: Settings,
     deadline: float,
     state: State,
     changed: threading.Condition,
@@ -180,7 +130,7 @@ def watch(
     delay, factor, cap = BACKOFF
     while not stop.is_set():
         left = deadline - time.monotonic()
-        problem = probe(peer, environ, timeout=max(0.1, min(CONNECT_TIMEOUT, left)))
+        problem = probe(peer, settings, timeout=max(0.1, min(CONNECT_TIMEOUT, left)))
         with changed:
             state.attempts += 1
             if problem is None:
@@ -193,18 +143,27 @@ def watch(
         delay = min(delay * factor, cap)
 
 
-def wait_for(peers: list[Peer], environ: Mapping[str, str], timeout: float, *, who: str = "") -> None:
-    """Wait until every peer is ready, or raise :class:`ClusterError` after ``timeout``."""
+def wait_for(
+    peers: list[Peer], settings: Settings, timeout: float, *, who: str = "", stop: Stop | None = None
+) -> None:
+    """Wait until every peer is ready, or raise :class:`ClusterError` after ``timeout``
+    (:class:`~smtk.stop.Stopped` at once when ``stop`` is requested)."""
     if not peers:
         return
     deadline = time.monotonic() + timeout
     states = {peer.host: State() for peer in peers}
     changed = threading.Condition()
-    stop = threading.Event()
+    halt = threading.Event()
+
+    def wake(_signum: int) -> None:
+        with changed:
+            changed.notify_all()
+
+    unhook = stop.on_stop(wake) if stop is not None else None
     for peer in peers:
         threading.Thread(
             target=watch,
-            args=(peer, environ, deadline, states[peer.host], changed, stop),
+            args=(peer, settings, deadline, states[peer.host], changed, halt),
             name=f"smtk-ready-{peer.host}",
             daemon=True,
         ).start()
@@ -215,6 +174,8 @@ def wait_for(peers: list[Peer], environ: Mapping[str, str], timeout: float, *, w
         with changed:
             while True:
                 pending = [h for h, s in states.items() if not s.ready]
+                if stop is not None and stop.requested:
+                    raise Stopped(stop.received[0], f"waiting for the other hosts ({', '.join(pending)})")
                 now = time.monotonic()
                 if not pending:
                     logger.info("%sall %d peers ready after %.1f s", prefix, len(peers), now - started)
@@ -226,7 +187,9 @@ def wait_for(peers: list[Peer], environ: Mapping[str, str], timeout: float, *, w
                     logger.info("%s%s", prefix, _progress(states, deadline - now))
                 changed.wait(min(deadline, next_report) - now)
     finally:
-        stop.set()
+        halt.set()
+        if unhook is not None:
+            unhook()
     missing = {h: f"{s.problem}, {s.attempts} attempts" for h, s in states.items() if not s.ready}
     raise not_ready_error(missing, len(peers), timeout)
 
@@ -253,7 +216,7 @@ def _progress(states: Mapping[str, State], left: float) -> str:
 
 def bind_address(env: Environment) -> str:
     """Where this host's listeners bind: its mapped address, else every interface."""
-    return host_addresses(env.environ).get(env.current_host, "0.0.0.0")
+    return env.settings.host_addresses.get(env.current_host, "0.0.0.0")
 
 
 # -- what each plan needs ---------------------------------------------------------------------
@@ -269,28 +232,25 @@ def peers_for(env: Environment, plan: LaunchPlan) -> list[Peer]:
     others = [h for h in plan.hosts if h != env.current_host]
     if not others or plan.kind in ("process", "function", "mpi-worker"):
         return []
-    environ = env.environ
+    settings = env.settings
     master = env.master_hostname
     if plan.kind == "mpi":
-        return [Peer(h, ssh_port(environ), "sshd") for h in others]
+        return [Peer(h, settings.ssh_port, "sshd") for h in others]
     if env.current_host == master:
         # Members connect to us: what we check ourselves is that their names resolve.
         return [Peer(h, None, "train ready") for h in others]
-    return [Peer(master, status_port(environ), "smtk status")]
+    return [Peer(master, settings.status_port, "smtk status")]
 
 
-def wait_for_peers(env: Environment, plan: LaunchPlan) -> None:
+def wait_for_peers(env: Environment, plan: LaunchPlan, session: Session | None, stop: Stop) -> None:
     """Block until the peers ``plan`` needs are ready; :class:`ClusterError` on timeout
-    or as soon as any host of the job has failed (naming it)."""
+    or as soon as any host of the job has failed (naming it), :class:`Stopped` on a stop."""
     if len(plan.hosts) <= 1 or plan.kind not in ("torchrun", "mpi"):
         return
-    from smtk import peers
-
-    session = peers.current() or peers.join(env, None, ())
-    if session is None:  # not a multi-host distributed job after all: nothing to wait for
-        wait_for(peers_for(env, plan), env.environ, ready_timeout(env.environ), who=env.current_host)
+    timeout = env.settings.ready_timeout
+    if session is None:  # not a multi-host distributed job after all: probes only
+        wait_for(peers_for(env, plan), env.settings, timeout, who=env.current_host, stop=stop)
         return
-    timeout = ready_timeout(env.environ)
     probes = peers_for(env, plan)
     logger.info(
         "%s: waiting up to %.0f s for %s",

@@ -38,10 +38,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from smtk import settings
 from smtk.errors import ArchiveError, ConfigError
+from smtk.files import describe, is_regular
 from smtk.log import logger
 from smtk.redact import redact_url
+from smtk.settings import Settings
+from smtk.stop import Stop
 
 if TYPE_CHECKING:
     import tarfile
@@ -86,15 +88,15 @@ class Limits:
     max_bytes: int = DEFAULT_MAX_BYTES
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> Limits:
-        return cls(
-            settings.integer(environ, MAX_MEMBERS_ENV, DEFAULT_MAX_MEMBERS, minimum=1),
-            settings.integer(environ, MAX_BYTES_ENV, DEFAULT_MAX_BYTES, minimum=1),
-        )
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(settings.code_max_members, settings.code_max_bytes)
 
 
-def fetch_code(env: Environment) -> FetchReport | None:
-    """Put ``sagemaker_submit_directory`` into the code dir; ``None`` when there is none."""
+def fetch_code(env: Environment, stop: Stop | None = None) -> FetchReport | None:
+    """Put ``sagemaker_submit_directory`` into the code dir; ``None`` when there is none.
+
+    A download from S3 ends at once on a stop (:class:`~smtk.stop.Stopped`).
+    """
     source = env.reserved_hyperparameters.get("sagemaker_submit_directory")
     if source is None or source == "":
         return None
@@ -102,17 +104,24 @@ def fetch_code(env: Environment) -> FetchReport | None:
         raise ConfigError(
             "hyperparameters.json", "sagemaker_submit_directory", "an s3:// URI or a local path", source
         )
-    return fetch(source, env.paths.code_dir, env.environ)
+    return fetch(source, env.paths.code_dir, env.environ, Limits.from_settings(env.settings), stop=stop)
 
 
-def fetch(source: str, code_dir: str, environ: Mapping[str, str]) -> FetchReport | None:
+def fetch(
+    source: str,
+    code_dir: str,
+    environ: Mapping[str, str],
+    limits: Limits | None = None,
+    *,
+    stop: Stop | None = None,
+) -> FetchReport | None:
     """Put ``source`` into ``code_dir`` (see the module docstring for the rules)."""
     import shutil
     import tempfile
 
     started = time.monotonic()
     shown = redact_url(source)
-    limits = Limits.from_environ(environ)
+    limits = limits or Limits()
     is_s3 = source.startswith("s3://")
     if source.startswith("file://"):
         source = source[len("file://") :]
@@ -138,7 +147,7 @@ def fetch(source: str, code_dir: str, environ: Mapping[str, str]) -> FetchReport
     if kind == "s3":
         with tempfile.TemporaryDirectory(prefix="smtk-code-") as tmp:
             archive = os.path.join(tmp, "sourcedir.tar.gz")
-            downloaded = _download(source, archive, environ)
+            downloaded = _download(source, archive, environ, stop)
             members, size = extract_archive(archive, code_dir, limits, shown=shown)
     elif kind == "tar":
         members, size = extract_archive(source, code_dir, limits, shown=shown)
@@ -394,6 +403,12 @@ def _local_kind(source: str, shown: str) -> SourceKind:
             f"sagemaker_submit_directory {shown}: no such file or directory",
             hint="give an s3://bucket/key.tar.gz URI, a local tar file or a local directory",
         )
+    if not is_regular(source):
+        # Opening a FIFO would wait for a writer forever; a device may never end.
+        raise ArchiveError(
+            f"sagemaker_submit_directory {shown}: is {describe(source)}, not a tar file or a directory",
+            hint="give an s3://bucket/key.tar.gz URI, a local tar file or a local directory",
+        )
     if tarfile.is_tarfile(source):
         return "tar"
     if source.endswith((".tar", ".tar.gz", ".tgz")):
@@ -405,8 +420,17 @@ def _same_dir(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _download(uri: str, destination: str, environ: Mapping[str, str]) -> int:
-    """Download ``uri`` to ``destination``; its size. Errors name the URI."""
+class _Cancelled(Exception):
+    """Raised from the transfer callback to end a download after a stop."""
+
+
+def _download(uri: str, destination: str, environ: Mapping[str, str], stop: Stop | None = None) -> int:
+    """Download ``uri`` to ``destination``; its size. Errors name the URI.
+
+    A stop ends the download: the transfer's callback raises at the next chunk, which
+    makes the transfer manager cancel it (the caller's :meth:`Stop.call` has already
+    returned).
+    """
     from botocore.exceptions import BotoCoreError, ClientError
 
     from smtk.s3 import make_client, parse_s3_uri
@@ -420,7 +444,14 @@ def _download(uri: str, destination: str, environ: Mapping[str, str]) -> int:
     try:
         size = int(client.head_object(Bucket=location.bucket, Key=location.key)["ContentLength"])
         logger.info("code: downloading %s (%s)", uri, _human(size))
-        callback = _progress(uri, size) if size >= PROGRESS_MIN_BYTES else None
+        progress = _progress(uri, size) if size >= PROGRESS_MIN_BYTES else None
+
+        def callback(chunk: int) -> None:
+            if stop is not None and stop.requested:
+                raise _Cancelled
+            if progress is not None:
+                progress(chunk)
+
         client.download_file(location.bucket, location.key, destination, Callback=callback)
     except ClientError as exc:
         error = exc.response.get("Error", {})

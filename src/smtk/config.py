@@ -151,6 +151,9 @@ def parse_json_object(name: str, data: bytes) -> dict[str, Any]:
         raise ConfigError(
             name, None, "valid JSON", f"<{exc.msg} at line {exc.lineno} column {exc.colno}>"
         ) from None
+    except ValueError as exc:
+        # Python refuses integer literals of more than sys.get_int_max_str_digits() digits.
+        raise ConfigError(name, None, "JSON numbers Python can read", f"<{str(exc).split(':')[0]}>") from None
     except RecursionError:
         raise ConfigError(
             name, None, "JSON nested at most a few hundred levels", "<deeper nesting>"

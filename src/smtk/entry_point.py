@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from smtk.errors import EntryPointError
+from smtk.files import read_regular, read_text
 from smtk.log import logger
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ EntryKind = Literal["python", "shell", "package", "function"]
 #: The reference 5.1.4's rule for a safe entry point name.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._+-]*(/[A-Za-z0-9._+-]+)*$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PYPROJECT_TABLE = re.compile(r"^\s*\[(project|build-system)\]\s*(#.*)?$", re.M)
+_PYPROJECT_TABLE = re.compile(r"^[ \t]*\[(project|build-system)\][ \t]*(#.*)?$", re.M)
 #: How many code dir entries an error message lists.
 LISTING_LIMIT = 20
 
@@ -147,13 +148,8 @@ def is_package_dir(code_dir: str) -> bool:
     """
     if os.path.isfile(os.path.join(code_dir, "setup.py")):
         return True
-    pyproject = os.path.join(code_dir, "pyproject.toml")
-    try:
-        with open(pyproject, encoding="utf-8", errors="replace") as handle:
-            text = handle.read(1 << 20)
-    except OSError:
-        return False
-    return bool(_PYPROJECT_TABLE.search(text))
+    text = read_text(os.path.join(code_dir, "pyproject.toml"), 1 << 20)  # never blocks on a FIFO
+    return text is not None and bool(_PYPROJECT_TABLE.search(text))
 
 
 def ensure_executable(entry: EntryPoint) -> None:
@@ -271,9 +267,5 @@ def _module_source_exists(module: str, code_dir: str) -> bool:
 
 
 def _is_directly_executable(path: str) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-    except OSError:
-        return False
+    head = read_regular(path, 4) or b""
     return head.startswith(b"#!") or head == b"\x7fELF"

@@ -38,6 +38,7 @@ from smtk.hyperparameters import (
     to_cmd_args,
 )
 from smtk.paths import Paths
+from smtk.settings import Settings
 
 #: The keys of the mapping: the reference's properties, in its ``dict(env)`` order (sorted).
 MAPPING_KEYS: tuple[str, ...] = (
@@ -102,8 +103,10 @@ class Environment(Mapping[str, Any]):
         self, root: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
     ) -> None:
         self._environ: dict[str, str] = dict(os.environ if environ is None else environ)
-        self.paths = Paths(os.fspath(root)) if root is not None else Paths.from_environ(self._environ)
+        self.paths = Paths.at(root) if root is not None else Paths.from_environ(self._environ)
         paths = self.paths
+        #: Every ``SMTK_*`` setting, read and checked once (:mod:`smtk.settings`).
+        self.settings = Settings.from_environ(self._environ)
 
         raw_hps = config.read_hyperparameters(paths.hyperparameters_file)
         decoded = decode_all(raw_hps)
@@ -166,11 +169,7 @@ class Environment(Mapping[str, Any]):
                 self._reserved["smtk_argv_format"],
             )
         else:
-            source, key, value = (
-                "environment",
-                "SMTK_ARGV_FORMAT",
-                self._environ.get("SMTK_ARGV_FORMAT") or "compat",
-            )
+            source, key, value = ("environment", "SMTK_ARGV_FORMAT", self.settings.argv_format or "compat")
         if value == "json":
             return "json"
         if value == "compat":

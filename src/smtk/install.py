@@ -11,15 +11,15 @@ What runs (argv lists, cwd = the code dir, stdin closed, the job's interpreter):
 ``PIP_*`` variables from the job's environment as usual. ``SMTK_SKIP_REQUIREMENTS=1``
 skips installs (dependencies baked into the image).
 
-pip's output is streamed to the log line by line. pip runs in a process group of its
-own: when ``train`` is told to stop (``stopped`` returns the signal), the group (pip
-and the builds it started) gets SIGTERM, then SIGKILL after ``STOP_GRACE`` seconds,
-and :class:`InstallInterrupted` is raised, so a long install never eats the platform's
-stop window. On failure the
+pip's output is streamed to the log line by line. pip runs under the
+:mod:`smtk.supervisor`, in a process group of its own: when ``train`` is told to stop,
+the group (pip and the builds it started) gets SIGTERM, then SIGKILL after
+:data:`~smtk.stop.HELPER_GRACE` seconds, and :class:`~smtk.stop.Stopped` is raised, so
+a long install never eats the platform's stop window. On failure the
 :class:`~smtk.errors.InstallError` starts with pip's own ``ERROR:`` lines (or its last
 lines), then the exit status and the command. Credentials (in index URLs anywhere: the
 environment, ``SMTK_PIP_ARGS``, ``requirements.txt`` options, and secret-named
-variables) are masked in every log line and message.
+variables) are added to the job's masker, so they are masked in every log line and message.
 
 ::
 
@@ -29,26 +29,22 @@ variables) are masked in every log line and message.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from smtk import log
 from smtk.entry_point import EntryPoint, ensure_executable
-from smtk.errors import ConfigError, InstallError
-from smtk.launch.process import signal_group
+from smtk.errors import InstallError
+from smtk.files import describe, is_regular, read_text
 from smtk.log import logger
-from smtk.redact import redact_text, secret_values
-from smtk.report import signal_name
+from smtk.stop import HELPER_GRACE, Stop, Stopped
+from smtk.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from smtk.environment import Environment
@@ -60,24 +56,7 @@ REQUIREMENTS = "requirements.txt"
 TAIL_LINES = 200
 #: At most this many of pip's error lines go into the message.
 ERROR_LINES = 20
-_TRUE = {"1", "true", "yes", "on"}
-#: Seconds pip's process group has after SIGTERM before it is killed.
-STOP_GRACE = 5.0
-#: How often a running install checks whether a stop was asked for.
-_STOP_POLL = 0.1
 _URL_USERINFO = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://(?P<user>[^/@\s:]+)(?::(?P<password>[^/@\s]*))?@")
-
-
-class InstallInterrupted(Exception):
-    """A stop signal arrived during an install; pip and its children were stopped."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"install stopped by signal {signum}")
-        self.signum = signum
-
-
-def _never() -> int | None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -91,24 +70,26 @@ class InstallReport:
 
 
 def install_requirements(
-    env: Environment,
-    entry: EntryPoint,
-    python: str = sys.executable,
-    *,
-    stopped: Callable[[], int | None] = _never,
+    env: Environment, entry: EntryPoint, python: str = sys.executable, *, stop: Stop | None = None
 ) -> InstallReport | None:
     """Prepare ``entry`` to run: make it executable if needed, install its dependencies.
 
-    ``None`` when there was nothing to install or installs are switched off.
-    ``stopped``: returns the stop signal once one was received (see :func:`run_pip`).
+    ``None`` when there was nothing to install or installs are switched off. A stop
+    stops pip's process group (see :func:`run_pip`) and raises :class:`Stopped`.
     """
     ensure_executable(entry)
     environ = env.environ
     code_dir = entry.code_dir
-    if environ.get(SKIP_ENV, "").strip().lower() in _TRUE:
+    if env.settings.skip_requirements:
         logger.info("install: %s is set; not installing anything", SKIP_ENV)
         return None
-    has_requirements = os.path.isfile(os.path.join(code_dir, REQUIREMENTS))
+    requirements = os.path.join(code_dir, REQUIREMENTS)
+    has_requirements = os.path.lexists(requirements)
+    if has_requirements and not is_regular(requirements):
+        raise InstallError(
+            f"{requirements} is {describe(requirements)}, not a requirements file",
+            hint="requirements.txt must be a regular file in the code dir",
+        )
     if entry.kind == "package":
         kind: Literal["package", "requirements"] = "package"
         target = ["."] + (["-r", REQUIREMENTS] if has_requirements else [])
@@ -124,24 +105,9 @@ def install_requirements(
             "install: CA_REPOSITORY_ARN is set but smtk does not fetch CodeArtifact tokens; "
             "set PIP_INDEX_URL (or --index-url in SMTK_PIP_ARGS) to the repository's pip URL instead"
         )
-    argv = [python, "-m", "pip", "install", *pip_args(environ), *target]
-    return run_pip(
-        argv,
-        code_dir,
-        environ,
-        kind,
-        secrets=_secrets(environ, env.raw_hyperparameters, code_dir),
-        stopped=stopped,
-    )
-
-
-def pip_args(environ: Mapping[str, str]) -> list[str]:
-    """``SMTK_PIP_ARGS`` split like a shell would."""
-    raw = environ.get(PIP_ARGS_ENV, "")
-    try:
-        return shlex.split(raw)
-    except ValueError as exc:
-        raise ConfigError(PIP_ARGS_ENV, None, "pip options quoted as in a shell", f"<{exc}>") from exc
+    log.add_secrets(_secrets(environ, code_dir))
+    argv = [python, "-m", "pip", "install", *env.settings.pip_args, *target]
+    return run_pip(argv, code_dir, environ, kind, stop=stop)
 
 
 def run_pip(
@@ -150,20 +116,18 @@ def run_pip(
     environ: Mapping[str, str],
     kind: Literal["package", "requirements"],
     *,
-    secrets: Iterable[str] = (),
-    stopped: Callable[[], int | None] = _never,
+    stop: Stop | None = None,
 ) -> InstallReport:
     """Run one pip command, streaming its output; :class:`InstallError` if it fails.
 
-    ``stopped`` is polled while pip runs; once it returns a signal number, pip's process
-    group is stopped (SIGTERM, SIGKILL after ``STOP_GRACE``) and
-    :class:`InstallInterrupted` is raised.
+    pip runs under the :class:`~smtk.supervisor.Supervisor` in a process group of its
+    own; a stop sends the group SIGTERM, then SIGKILL after ``HELPER_GRACE`` seconds,
+    and raises :class:`Stopped`.
     """
-    secret_list = sorted({s for s in secrets if s}, key=len, reverse=True)
-    shown = tuple(redact_text(arg, secret_list) for arg in argv)
-    signum = stopped()
-    if signum is not None:
-        raise InstallInterrupted(signum)
+    masker = log.masker()
+    shown = tuple(masker.mask_argv(argv))
+    if stop is not None:
+        stop.check()
     child_env = dict(environ)
     # No prompts (stdin is closed anyway), no self-update nagging, no root warning noise.
     child_env.setdefault("PIP_NO_INPUT", "1")
@@ -172,86 +136,39 @@ def run_pip(
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     logger.info("install: %s (in %s)", shlex.join(shown), cwd)
     started = time.monotonic()
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    pip = Supervisor(stop=stop, grace=HELPER_GRACE, grace_setting="pip's stop grace")
     try:
-        proc = subprocess.Popen(
+        pip.start(
+            "pip",
             argv,
-            cwd=cwd,
             env=child_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            bufsize=1,
-            # A group of its own: a stop reaches the builds pip starts, and a terminal's
-            # Ctrl-C reaches train (which stops pip) rather than pip alone.
-            start_new_session=True,
+            cwd=cwd,
+            sink=_log_line,
+            merge_stderr=True,
+            tail_lines=TAIL_LINES,
+            progress_interval=10.0,
         )
     except OSError as exc:
         raise InstallError(
             f"cannot run {shown[0]}: {exc.strerror or exc}; command: {shlex.join(shown)}"
         ) from exc
-    assert proc.stdout is not None
-    # The output is read on a thread so that the wait below can notice a stop at once,
-    # even while pip prints nothing (a long build).
-    pump = threading.Thread(
-        target=_pump, args=(proc.stdout, tail, secret_list), name="smtk-pip-output", daemon=True
-    )
-    pump.start()
-    try:
-        status = _wait(proc, stopped)
-    finally:
-        if proc.poll() is None:  # interrupted (a stop, or an exception): stop pip too
-            _stop_group(proc)
-        # The pipe ends when pip and every child it started have closed it.
-        pump.join(timeout=STOP_GRACE)
-        if not pump.is_alive():
-            proc.stdout.close()
+    result = pip.wait()["pip"]
     seconds = time.monotonic() - started
-    if status != 0:
-        reason = pip_error(tail)
+    if result.stopped_by is not None:
+        raise Stopped(result.stopped_by, "pip was installing the job's dependencies")
+    if result.exit_status != 0:
+        reason = pip_error(result.stdout_tail)
         what = "package install" if kind == "package" else f"{REQUIREMENTS} install"
         raise InstallError(
-            f"{reason}\n({what} failed: pip exited with status {status} after {seconds:.1f}s; "
+            f"{reason}\n({what} failed: pip exited with status {result.exit_status} after {seconds:.1f}s; "
             f"command: {shlex.join(shown)})"
         )
     logger.info("install: done in %.1fs", seconds)
     return InstallReport(kind, shown, seconds)
 
 
-def _pump(lines: Iterator[str], tail: collections.deque[str], secrets: list[str]) -> None:
-    for raw in lines:
-        line = redact_text(raw.rstrip("\r\n"), secrets)
-        tail.append(line)
-        logger.info("pip: %s", line)
-
-
-def _wait(proc: subprocess.Popen[str], stopped: Callable[[], int | None]) -> int:
-    """pip's exit status; stops its group and raises :class:`InstallInterrupted` on a stop."""
-    while True:
-        try:
-            return proc.wait(timeout=_STOP_POLL)
-        except subprocess.TimeoutExpired:
-            signum = stopped()
-            if signum is not None:
-                logger.warning(
-                    "install: %s received; stopping pip (SIGTERM, SIGKILL after %.0fs)",
-                    signal_name(signum),
-                    STOP_GRACE,
-                )
-                _stop_group(proc)
-                raise InstallInterrupted(signum) from None
-
-
-def _stop_group(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM to pip's process group, SIGKILL to what is left after ``STOP_GRACE``."""
-    signal_group(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_GRACE)
-    # Also children of pip's that outlived it (a build ignoring SIGTERM).
-    signal_group(proc.pid, signal.SIGKILL)
-    proc.wait()
+def _log_line(_stream: str, line: str) -> None:
+    logger.info("pip: %s", line)
 
 
 def pip_error(lines: Iterable[str]) -> str:
@@ -278,18 +195,16 @@ def pip_error(lines: Iterable[str]) -> str:
     return "\n".join(picked[:ERROR_LINES])
 
 
-def _secrets(environ: Mapping[str, str], hyperparameters: Mapping[str, object], code_dir: str) -> list[str]:
-    """Values to mask: secret-named variables and hyperparameters, and URL credentials."""
-    found = set(secret_values(environ, hyperparameters))
+def _secrets(environ: Mapping[str, str], code_dir: str) -> set[str]:
+    """Credentials in index URLs pip may print: in ``PIP_*``, ``SMTK_PIP_ARGS`` and requirements.txt."""
+    found: set[str] = set()
     texts = [v for k, v in environ.items() if k.startswith("PIP_") or k == PIP_ARGS_ENV]
-    try:
-        with open(os.path.join(code_dir, REQUIREMENTS), encoding="utf-8", errors="replace") as handle:
-            texts.append(handle.read(1 << 20))
-    except OSError:
-        pass
+    requirements = read_text(os.path.join(code_dir, REQUIREMENTS), 1 << 20)
+    if requirements is not None:
+        texts.append(requirements)
     for text in texts:
         found.update(url_credentials(text))
-    return sorted(found, key=len, reverse=True)
+    return found
 
 
 def url_credentials(text: str) -> set[str]:

@@ -16,8 +16,9 @@
         ├── success | failure     the outcome (failure.json: the full record)
 
 Paths are plain strings joined with :func:`os.path.join`, so every value is
-byte-for-byte what the reference toolkit exports (``SM_MODEL_DIR`` and friends).
-Building a :class:`Paths` touches nothing on disk.
+byte-for-byte what the reference toolkit exports (``SM_MODEL_DIR`` and friends). The
+root is made absolute once (:meth:`Paths.at`), so the paths stay right in the user's
+process, which runs in the code dir. Building a :class:`Paths` touches nothing on disk.
 """
 
 from __future__ import annotations
@@ -37,9 +38,18 @@ class Paths(NamedTuple):
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Paths:
-        """The tree named by ``$SAGEMAKER_BASE_DIR``, else ``/opt/ml``."""
+        """The tree named by ``$SAGEMAKER_BASE_DIR``, else ``/opt/ml`` (made absolute)."""
         env = os.environ if environ is None else environ
-        return cls(env.get(BASE_DIR_ENV) or DEFAULT_ROOT)
+        return cls.at(env.get(BASE_DIR_ENV) or DEFAULT_ROOT)
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str]) -> Paths:
+        """The tree at ``root``, resolved once to an absolute path.
+
+        The user's process runs in the code dir, so a relative root
+        (``SAGEMAKER_BASE_DIR=job``) would make every ``SM_*`` path point nowhere.
+        """
+        return cls(os.path.abspath(os.fspath(root)))
 
     def _join(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)

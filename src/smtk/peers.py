@@ -18,24 +18,27 @@ connection to the master's port; the master is the hub everything passes through
 
 - The first failure anywhere (preparation, readiness, the job, a stop, a lost
   connection) reaches every host within a round trip. Each host then stops its own
-  run (SIGTERM through the :class:`~smtk.launch.process.StopController`, SIGKILL
-  after ``SMTK_PEER_ABORT_GRACE`` seconds) and reports that failure: its cause,
-  host and rank (:func:`settle`).
+  run (SIGTERM through the job's :class:`~smtk.stop.Stop`, SIGKILL after
+  ``SMTK_PEER_ABORT_GRACE`` seconds) and reports that failure: its cause, host and
+  rank (:meth:`Session.settle`).
 - A connection that ends without a ``done`` is a failure of that peer: its ``train``
   died. TCP keepalive notices a vanished host in about 15 s.
 - The master keeps its outcome for members that connect late, up to
-  ``SMTK_OUTCOME_LINGER`` seconds (:func:`close`): a member whose master gave up
+  ``SMTK_OUTCOME_LINGER`` seconds (:meth:`Session.close`): a member whose master gave up
   before it came up learns why instead of waiting out its readiness deadline.
-- Rank wrappers send one-line ``{"failure": ...}`` reports to every host's port
-  (:func:`announce_failure`), so each host names the first failing rank.
+- Rank wrappers send one-line ``{"failure": ...}`` reports (a
+  :class:`~smtk.failure.Failure`) to every host's port (:func:`announce_failure`), so
+  each host names the first failing rank.
+- Every wait here takes the job's stop: a SIGTERM ends it at once with
+  :class:`~smtk.stop.Stopped`.
 
 ::
 
-    peers.join(env, stop, secrets)      # None unless a multi-host torchrun/MPI job
-    peers.current().mark_ready()        # via cluster.wait_for_peers, after preparing
-    peers.current().wait_ready(probes, timeout)
-    outcome = peers.settle(outcome)     # after the run: tell the others, name the root cause
-    peers.close()                       # after the report: linger for late members
+    session = peers.join(env, stop, masker)   # None unless a multi-host torchrun/MPI job
+    session.mark_ready()                      # via cluster.wait_for_peers, after preparing
+    session.wait_ready(probes, timeout)
+    outcome = session.settle(outcome)         # after the run: tell the others, name the root cause
+    session.close()                           # after the report: linger for late members
 """
 
 from __future__ import annotations
@@ -48,14 +51,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import IO, Any
 
-from smtk import cluster, report, settings
+from smtk import cluster
 from smtk.environment import Environment
 from smtk.errors import ClusterError, ConfigError
-from smtk.launch.process import StopController
-from smtk.redact import redact_text
+from smtk.failure import Failure, Outcome
+from smtk.redact import Masker
+from smtk.settings import Settings
+from smtk.stop import Stop, Stopped
 
 logger = logging.getLogger("smtk")
 
@@ -70,65 +74,10 @@ KEEPALIVE = (5, 2, 5)
 #: Seconds a new connection may take to say who it is.
 HELLO_TIMEOUT = 10.0
 MAX_MESSAGE = 1 << 20
+#: Rank failures one host keeps (the first ones matter; a flood must not eat memory).
+MAX_RANK_REPORTS = 1024
 #: Launchers whose hosts talk over the channel.
 DISTRIBUTED = ("torchrun", "mpi", "mpi-worker")
-
-
-def peer_abort_grace(environ: Mapping[str, str]) -> float:
-    """``SMTK_PEER_ABORT_GRACE``: seconds from a peer-caused SIGTERM to SIGKILL (default 10)."""
-    return settings.number(environ, "SMTK_PEER_ABORT_GRACE", DEFAULT_PEER_ABORT_GRACE)
-
-
-def outcome_linger(environ: Mapping[str, str]) -> float:
-    """``SMTK_OUTCOME_LINGER``: seconds the master waits for members not yet told (default 30)."""
-    return settings.number(environ, "SMTK_OUTCOME_LINGER", DEFAULT_OUTCOME_LINGER)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A host's failure as it travels between hosts."""
-
-    host: str
-    cause: str
-    exit_status: int = 1
-    rank: int | None = None
-    category: str = "peer-failure"
-    retryable: bool = False
-    stderr_tail: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        rank = f" (rank {self.rank})" if self.rank is not None else ""
-        return f"{self.host} failed: {self.cause}{rank}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "host": self.host,
-            "cause": self.cause,
-            "exit_status": self.exit_status,
-            "rank": self.rank,
-            "category": self.category,
-            "retryable": self.retryable,
-            "stderr_tail": list(self.stderr_tail),
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Failure | None:
-        if not isinstance(data, dict):
-            return None
-        try:
-            rank = data.get("rank")
-            status = int(data.get("exit_status") or 1)
-            return cls(
-                host=str(data["host"]),
-                cause=str(data.get("cause") or "no cause reported"),
-                exit_status=status if status > 0 else 1,
-                rank=int(rank) if rank is not None else None,
-                category=str(data.get("category") or "peer-failure"),
-                retryable=bool(data.get("retryable", False)),
-                stderr_tail=tuple(str(line) for line in data.get("stderr_tail") or ())[-10:],
-            )
-        except (KeyError, TypeError, ValueError):
-            return None
 
 
 def _encode(message: Mapping[str, object]) -> bytes:
@@ -180,20 +129,21 @@ class Session:
     def __init__(
         self,
         env: Environment,
-        stop: StopController | None,
-        secrets: Sequence[str],
+        stop: Stop | None,
+        secrets: Masker | Sequence[str],
         hosts: Sequence[str],
     ) -> None:
         self.environ = env.environ
+        self.settings = env.settings
         self.host = env.current_host
         self.master = env.master_hostname
         self.is_master = self.host == self.master
         self.members = [h for h in hosts if h != self.master]
-        self.port = cluster.status_port(self.environ)
-        self.grace = peer_abort_grace(self.environ)
-        self.linger = outcome_linger(self.environ)
+        self.port = env.settings.status_port
+        self.grace = env.settings.peer_abort_grace
+        self.linger = env.settings.outcome_linger
         self._stop = stop
-        self._secrets = [s for s in secrets if s]
+        self._masker = secrets if isinstance(secrets, Masker) else Masker(secrets)
         self.cond = threading.Condition()
         self.closed = threading.Event()
         self.settled = threading.Event()
@@ -203,7 +153,8 @@ class Session:
         self.stopped_us = False
         #: Whether :meth:`wait_ready` gave up because of ``root``.
         self.raised = False
-        self.rank_failures: list[dict[str, object]] = []
+        #: Failures rank wrappers reported to this host (candidates for the root cause).
+        self.rank_failures: list[Failure] = []
         self.ready_sent = False
         # master side
         self.connections: dict[str, _Connection] = {}
@@ -221,9 +172,15 @@ class Session:
         self.master_ready = False
         self.master_outcome: tuple[int, Failure | None] | None = None
         self.listener = self._listen(env)
+        self._unhook = stop.on_stop(self._stopped) if stop is not None else None
         threading.Thread(target=self._accept, name="smtk-status", daemon=True).start()
         if not self.is_master:
             threading.Thread(target=self._connect, name="smtk-status-master", daemon=True).start()
+
+    def _stopped(self, _signum: int) -> None:
+        """A stop arrived: wake whoever waits on the channel (they raise Stopped)."""
+        with self.cond:
+            self.cond.notify_all()
 
     # -- listening (every host) ---------------------------------------------------------------
 
@@ -257,11 +214,12 @@ class Session:
         except OSError:
             sock.close()
             return
-        failure = first.get("failure")
+        reported = Failure.from_json(first.get("failure"))
         member = first.get("hello")
-        if isinstance(failure, dict):  # a rank wrapper's one-shot report
+        if reported is not None:  # a rank wrapper's one-shot report
             with self.cond:
-                self.rank_failures.append(failure)
+                if len(self.rank_failures) < MAX_RANK_REPORTS:
+                    self.rank_failures.append(reported)
                 self.cond.notify_all()
         if not (self.is_master and isinstance(member, str) and member in self.members):
             stream.close()
@@ -317,10 +275,10 @@ class Session:
         if current and not finished:
             self._on_failure(
                 Failure(
-                    member,
-                    f"the train of {member} ended without reporting an outcome ({reason}): "
+                    cause=f"the train of {member} ended without reporting an outcome ({reason}): "
                     "it died or its host went away",
                     category="peer-lost",
+                    host=member,
                     retryable=True,
                 )
             )
@@ -335,7 +293,7 @@ class Session:
             self.cond.notify_all()
         if status != 0:
             failure = Failure.from_json(data.get("failure"))
-            self._on_failure(failure or Failure(member, f"exit status {status}", exit_status=status))
+            self._on_failure(failure or _failed(member, status))
 
     # -- the member's connection to the master ------------------------------------------------
 
@@ -343,7 +301,7 @@ class Session:
         peer = cluster.Peer(self.master, self.port, "smtk status")
         delay, factor, cap = cluster.BACKOFF
         while True:
-            sock, problem = cluster.connect(peer, self.environ)
+            sock, problem = cluster.connect(peer, self.settings)
             if sock is not None:
                 break
             with self.cond:
@@ -384,10 +342,10 @@ class Session:
         if not finished:
             self._on_failure(
                 Failure(
-                    self.master,
-                    f"lost the connection to the master {self.master} before it reported an outcome "
-                    f"({reason}): its train died or its host went away",
+                    cause=f"lost the connection to the master {self.master} before it reported an "
+                    f"outcome ({reason}): its train died or its host went away",
                     category="peer-lost",
+                    host=self.master,
                     retryable=True,
                 )
             )
@@ -412,7 +370,7 @@ class Session:
                 self.master_outcome = (status, failure)
                 self.cond.notify_all()
             if status != 0:
-                self._on_failure(failure or Failure(self.master, f"exit status {status}", exit_status=status))
+                self._on_failure(failure or _failed(self.master, status))
 
     def _send_to_master(self, message: dict[str, object]) -> None:
         with self.cond:
@@ -450,17 +408,17 @@ class Session:
             for conn in targets:
                 conn.send({"abort": failure.to_json()})
 
-    def _escalate(self, stop: StopController) -> None:
+    def _escalate(self, stop: Stop) -> None:
         if self.settled.wait(self.grace):
             return
         logger.error(
             "this host's run has not ended %.0f s after its peer failed (SMTK_PEER_ABORT_GRACE): killing it",
             self.grace,
         )
-        stop.request(signal.SIGTERM)  # the second one: process.run kills the job at once
+        stop.request(signal.SIGTERM)  # the second one: the supervisor kills the job at once
 
     def _redact(self, text: str) -> str:
-        return redact_text(text, self._secrets) if self._secrets else text
+        return self._masker.mask(text)
 
     # -- readiness -----------------------------------------------------------------------------
 
@@ -485,7 +443,7 @@ class Session:
         for peer in probes:
             threading.Thread(
                 target=cluster.watch,
-                args=(peer, self.environ, deadline, states[peer.host], self.cond, halt),
+                args=(peer, self.settings, deadline, states[peer.host], self.cond, halt),
                 name=f"smtk-ready-{peer.host}",
                 daemon=True,
             ).start()
@@ -501,6 +459,9 @@ class Session:
                             hint="the failure of that host stopped this one; see its log",
                         )
                     waiting = self._not_ready(states)
+                    if self._stop is not None and self._stop.requested:
+                        pending = ", ".join(sorted(waiting)) or "nobody"
+                        raise Stopped(self._stop.received[0], f"waiting for the other hosts ({pending})")
                     now = time.monotonic()
                     if not waiting:
                         logger.info(
@@ -549,36 +510,35 @@ class Session:
                     return self.master_outcome
                 if self.root is not None:
                     return self.root.exit_status, self.root
-                stop = self._stop
-                if stop is not None and stop.stop_signal is not None:
-                    signum = stop.stop_signal
-                    cause = f"Stopped: train received signal {signum} while its MPI master ran the job"
-                    return 128 + signum, Failure(self.host, cause, 128 + signum, category="stopped")
+                if self._stop is not None and self._stop.requested:
+                    raise Stopped(self._stop.received[0], f"waiting for the MPI master {self.master}")
                 now = time.monotonic()
                 if self.to_master is None and now >= deadline:
                     raise cluster.not_ready_error(
                         {self.master: f"{self.connect_problem}, {self.connect_attempts} attempts"}, 1, timeout
                     )
-                # Signals only set a flag: look at it at least once a second.
-                self.cond.wait(1.0)
+                # A stop wakes this wait (see _stopped); the timeout only re-checks the deadline.
+                self.cond.wait(max(0.05, deadline - now) if self.to_master is None else None)
 
     # -- the end ---------------------------------------------------------------------------------
 
-    def settle(self, outcome: report.Outcome) -> report.Outcome:
-        """This host's final outcome; tells the other hosts (see :func:`settle`)."""
+    def settle(self, outcome: Outcome) -> Outcome:
+        """This host's final outcome, after telling the other hosts how it ended.
+
+        When this host failed because another failed first (its run was stopped by the
+        channel, it gave up waiting, or its failure reads like fallout), the outcome is
+        that host's failure: its cause, host and rank.
+        """
         targets: list[tuple[str, _Connection]] = []
         with self.cond:
-            if not outcome.success and self.root is None and self._fallout(outcome):
+            if isinstance(outcome, Failure) and self.root is None and self._fallout(outcome):
                 # Our failure looks like a consequence: give the root cause a moment to arrive.
                 self.cond.wait_for(lambda: self.root is not None, ROOT_CAUSE_WAIT)
             root = self.root
-            if outcome.success:
-                final = outcome
-            elif root is not None and self._fallout(outcome, root):
+            final: Outcome = outcome
+            if isinstance(outcome, Failure) and root is not None and self._fallout(outcome, root):
                 final = self._peer_outcome(root, outcome)
-            else:
-                final = outcome
-            own = None if final.success else self._failure_of(final)
+            own = self._failure_of(final) if isinstance(final, Failure) else None
             if own is not None and self.root is None:
                 self.root = own
             done: dict[str, object] = {
@@ -600,58 +560,63 @@ class Session:
             self._send_to_master({"done": done})
         return final
 
-    def _fallout(self, outcome: report.Outcome, root: Failure | None = None) -> bool:
+    def _fallout(self, outcome: Failure, root: Failure | None = None) -> bool:
         """Whether ``outcome`` is a consequence of another host's failure (caller holds ``cond``).
 
         It is when the channel stopped this host's run or readiness, for an MPI worker
         (whose outcome is the master's), and when it reads like fallout ("connection
         closed by peer") while the root cause does not.
         """
-        from smtk.launch.rank import is_secondary
-
-        if outcome.category == "mpi-worker" or self.raised:
+        if outcome.extra.get("mpi_master_outcome") or self.raised:
             return True
         if self.stopped_us and outcome.category == "stopped":
             return True
-        return is_secondary(outcome.cause) and (root is None or not is_secondary(root.cause))
+        return outcome.secondary and (root is None or not root.secondary)
 
-    def _failure_of(self, outcome: report.Outcome) -> Failure:
-        return Failure(
+    def _failure_of(self, outcome: Failure) -> Failure:
+        """What this host tells the others: bounded, masked."""
+        return outcome.evolve(
             host=outcome.host or self.host,
             cause=self._redact(outcome.cause),
-            exit_status=outcome.exit_status or 1,
-            rank=outcome.rank,
-            category=outcome.category,
-            retryable=outcome.retryable,
             stderr_tail=tuple(self._redact(line) for line in outcome.stderr_tail[-10:]),
+            detail="",
+            command=self._redact(outcome.command),
+            extra={},
         )
 
-    def _peer_outcome(self, root: Failure, own: report.Outcome) -> report.Outcome:
+    def _peer_outcome(self, root: Failure, own: Failure) -> Failure:
         logger.error("reporting the job's first failure: %s", self._redact(root.describe()))
-        return report.Outcome(
-            success=False,
-            exit_status=root.exit_status,
-            cause=root.cause,
-            category=root.category,
-            host=root.host,
-            rank=root.rank,
-            stderr_tail=root.stderr_tail,
-            retryable=root.retryable,
+        return root.evolve(
             detail=f"{self.host} stopped its own run because its peer {root.describe()}",
             seconds=own.seconds,
             extra={"peer_failure": True, "reported_by": self.host, "own_outcome": own.cause},
         )
 
     def close(self) -> None:
-        """Deliver what is still undelivered (bounded by ``SMTK_OUTCOME_LINGER``), then hang up."""
+        """Deliver what is still undelivered (bounded by ``SMTK_OUTCOME_LINGER``, cut short by
+        a stop), then hang up."""
         deadline = time.monotonic() + self.linger
+        stop = self._stop
+
+        def stopped() -> bool:
+            return stop is not None and stop.requested and not self.stopped_us
+
         with self.cond:
             if self.is_master and self.final is not None:
-                if not self.cond.wait_for(lambda: not self._untold(), self.linger):
+                untold = self._untold()
+                if untold and self.linger > 0:
+                    logger.info(
+                        "waiting up to %.0f s for %s to learn this host's outcome (SMTK_OUTCOME_LINGER)",
+                        self.linger,
+                        ", ".join(untold),
+                    )
+                if not self.cond.wait_for(lambda: not self._untold() or stopped(), self.linger):
                     missing = ", ".join(self._untold())
                     logger.warning("hosts never connected to learn this host's outcome: %s", missing)
             elif not self.is_master and self.settled.is_set():
-                self.cond.wait_for(lambda: self.to_master is not None, max(0.0, deadline - time.monotonic()))
+                self.cond.wait_for(
+                    lambda: self.to_master is not None or stopped(), max(0.0, deadline - time.monotonic())
+                )
             self.closed.set()
             connections = [*self.connections.values(), *([self.to_master] if self.to_master else [])]
             self.cond.notify_all()
@@ -664,14 +629,16 @@ class Session:
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_WR)
             conn.close()
+        if self._unhook is not None:
+            self._unhook()
 
     def _untold(self) -> list[str]:
         """Members that never connected, so never learnt the outcome (caller holds ``cond``)."""
         return sorted(set(self.members) - self.told - self.gone - self.done_members)
 
     def reported_failures(
-        self, wait: float = 0.0, enough: Callable[[list[dict[str, object]]], bool] | None = None
-    ) -> list[dict[str, object]]:
+        self, wait: float = 0.0, enough: Callable[[list[Failure]], bool] | None = None
+    ) -> list[Failure]:
         """Rank failures reported to this host, waiting up to ``wait`` s for ``enough``."""
         deadline = time.monotonic() + wait
         with self.cond:
@@ -683,73 +650,34 @@ class Session:
             return list(self.rank_failures)
 
 
-# -- this process's session -----------------------------------------------------------------------
-
-_session: Session | None = None
-_lock = threading.Lock()
+# -- opening a session, reporting a rank's failure ----------------------------------------------
 
 
-def current() -> Session | None:
-    """The session :func:`join` opened in this process, if any."""
-    return _session
+def _failed(host: str, status: int) -> Failure:
+    return Failure(cause=f"exit status {status}", exit_status=status, host=host)
 
 
-def join(env: Environment, stop: StopController | None, secrets: Sequence[str]) -> Session | None:
-    """Open this host's end of the channel; ``None`` unless a multi-host torchrun/MPI job."""
-    global _session  # noqa: PLW0603 (one channel per process, by design)
+def join(env: Environment, stop: Stop | None, secrets: Masker | Sequence[str]) -> Session | None:
+    """Open this host's end of the channel; ``None`` unless a multi-host torchrun/MPI job.
+
+    The caller (``train``) owns the session: it hands it to what needs it and closes it.
+    """
     from smtk.launch.select import launcher_for
 
-    with _lock:
-        if _session is not None:
-            return _session
-        hosts = list(env.distribution_hosts)
-        if len(hosts) <= 1 or env.current_host not in hosts or launcher_for(env) not in DISTRIBUTED:
-            return None
-        _session = Session(env, stop, secrets, hosts)
-        return _session
+    hosts = list(env.distribution_hosts)
+    if len(hosts) <= 1 or env.current_host not in hosts or launcher_for(env) not in DISTRIBUTED:
+        return None
+    return Session(env, stop, secrets, hosts)
 
 
-def settle(outcome: report.Outcome) -> report.Outcome:
-    """This host's final outcome, after telling the other hosts how it ended.
-
-    When this host failed because another failed first (its run was stopped by the
-    channel, it gave up waiting, or its failure reads like fallout), the outcome is
-    that host's failure: its cause, host and rank. No-op without a session.
-    """
-    session = _session
-    return outcome if session is None else session.settle(outcome)
-
-
-def close() -> None:
-    """Hang up (after the master's outcome reached every member, or the linger ran out)."""
-    global _session
-    with _lock:
-        session, _session = _session, None
-    if session is not None:
-        session.close()
-
-
-def reported_failures(
-    wait: float = 0.0, enough: Callable[[list[dict[str, object]]], bool] | None = None
-) -> list[dict[str, object]]:
-    """Rank failures reported to this host (see :meth:`Session.reported_failures`)."""
-    session = _session
-    return [] if session is None else session.reported_failures(wait, enough)
-
-
-def announce_failure(failure: Mapping[str, object], environ: Mapping[str, str]) -> None:
+def announce_failure(failure: Failure, settings: Settings) -> None:
     """Send a rank's failure to every host of the job (best effort, a second at most each)."""
-    hosts = [h for h in environ.get("SMTK_JOB_HOSTS", "").split(",") if h]
-    if not hosts:
-        return
-    try:
-        port = cluster.status_port(environ)
-        line = _encode({"failure": dict(failure)})
-    except (ConfigError, TypeError, ValueError):
-        return
-    for host in hosts:
+    line = _encode({"failure": failure.to_json()})
+    for host in settings.job_hosts:
         with (
             contextlib.suppress(OSError, ConfigError),
-            socket.create_connection((cluster.resolve(host, environ), port), timeout=1.0) as conn,
+            socket.create_connection(
+                (cluster.resolve(host, settings), settings.status_port), timeout=1.0
+            ) as conn,
         ):
             conn.sendall(line)

@@ -1,25 +1,42 @@
-"""Reading smtk's ``SMTK_*`` settings from an environment, with one error style.
+"""Every ``SMTK_*`` setting, read once into one typed, validated snapshot.
 
-Every setting is optional: unset or blank means the default. A value that cannot be
+This is the only module that reads ``SMTK_*`` variables. :meth:`Settings.from_environ`
+reads them all at once and checks each with one error style: a value that cannot be
 used is a :class:`~smtk.errors.ConfigError` naming the variable, what was expected and
-what was found, e.g. ``SMTK_GRACE_PERIOD: expected a number >= 0, found 'soon'``.
+what was found (``SMTK_GRACE_PERIOD: expected a number >= 0, found 'soon'``), so a bad
+setting fails the job at its start (exit status 2), never half way through. Unset or
+blank means the default. ``docs/environment-variables.md`` lists every one of them.
 
 ::
 
-    from smtk import settings
-    grace = settings.number(os.environ, "SMTK_GRACE_PERIOD", 100.0)
-    workers = settings.integer(os.environ, "SMTK_SYNC_WORKERS", 8, minimum=1)
+    settings = Settings.from_environ(os.environ)       # or env.settings
+    settings.grace_period, settings.sync.workers, settings.host_addresses
+
+Besides the settings users set, the snapshot carries what ``train`` tells the processes
+it starts about the job (``SMTK_LAUNCHER``, ``SMTK_MASTER_HOST``, ``SMTK_JOB_HOSTS``,
+...), which smtk's own helpers (the rank wrapper) read back from their environment.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, cast
 
 from smtk.errors import ConfigError
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+
+IntermediateMode = Literal["auto", "on", "off"]
+WatchMode = Literal["auto", "inotify", "poll"]
+LocalHostsMode = Literal["auto", "netns", "loopback"]
+
+
+# -- one value -------------------------------------------------------------------------------
 
 
 def _raw(environ: Mapping[str, str], name: str) -> str | None:
@@ -46,10 +63,10 @@ def integer(environ: Mapping[str, str], name: str, default: int, *, minimum: int
     raw = _raw(environ, name)
     if raw is None:
         return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(name, None, f"an integer >= {minimum}", raw) from None
+    text = raw.strip()
+    if not text.lstrip("+-").isdigit() or len(text) > 30:
+        raise ConfigError(name, None, f"an integer >= {minimum}", raw)
+    value = int(text)
     if value < minimum:
         raise ConfigError(name, None, f"an integer >= {minimum}", raw)
     return value
@@ -77,3 +94,216 @@ def choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...], defa
     if text not in choices:
         raise ConfigError(name, None, " or ".join(repr(c) for c in choices), raw)
     return text
+
+
+def port(environ: Mapping[str, str], name: str, default: int) -> int:
+    """A TCP port, 1-65535."""
+    value = integer(environ, name, default, minimum=1)
+    if value > 65535:
+        raise ConfigError(name, None, "a TCP port (1-65535)", environ.get(name))
+    return value
+
+
+def words(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A command line or options, split like a shell would (``shlex``)."""
+    raw = environ.get(name, "")
+    try:
+        return tuple(shlex.split(raw))
+    except ValueError as exc:
+        raise ConfigError(name, None, "options quoted as in a shell", f"<{exc}>") from None
+
+
+def log_level_setting(environ: Mapping[str, str]) -> str | None:
+    """``SMTK_LOG_LEVEL`` as given (the logger reads it before anything else is checked)."""
+    return _raw(environ, "SMTK_LOG_LEVEL")
+
+
+def is_set(environ: Mapping[str, str], name: str) -> bool:
+    """Whether the user set ``name`` (to something not blank)."""
+    return _raw(environ, name) is not None
+
+
+#: The mark every supervised process carries (see :mod:`smtk.supervisor`).
+SUPERVISED = "SMTK_SUPERVISED"
+
+
+def supervised_mark(environ: Mapping[str, str]) -> str:
+    """The supervision mark in ``environ`` (a process's own, or another's), ``""`` when none."""
+    return environ.get(SUPERVISED) or ""
+
+
+def host_addresses(environ: Mapping[str, str]) -> Mapping[str, str]:
+    """``SMTK_HOST_ADDRESSES`` (``algo-1=127.0.0.2,algo-2=127.0.0.3``) as host -> address."""
+    text = environ.get("SMTK_HOST_ADDRESSES", "").strip()
+    result: dict[str, str] = {}
+    if not text:
+        return MappingProxyType(result)
+    for item in text.split(","):
+        host, sep, address = item.strip().partition("=")
+        if not sep or not host.strip() or not address.strip():
+            raise ConfigError("SMTK_HOST_ADDRESSES", None, "comma-separated host=address pairs", text)
+        result[host.strip()] = address.strip()
+    return MappingProxyType(result)
+
+
+# -- the snapshot ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """How intermediate-output and checkpoint sync behave (``SMTK_SYNC_*``, see docs/sync.md)."""
+
+    #: ``auto``: sync ``output/intermediate`` only when it did not exist at start (the
+    #: reference's rule: an existing directory means the platform syncs it).
+    intermediate: IntermediateMode = "auto"
+    #: Sync ``checkpointconfig.json``'s ``LocalPath`` to its ``S3Uri`` (``smtk local`` turns it on).
+    checkpoints: bool = False
+    #: Concurrent uploads.
+    workers: int = 8
+    #: Wait after a file's close before uploading it (lets write-then-rename settle).
+    debounce_seconds: float = 0.25
+    #: How long a file's transient failures (connection refused, 5xx, throttling) are retried.
+    retry_seconds: float = 900.0
+    #: Longest wait between two retries of one file.
+    retry_max_wait_seconds: float = 5.0
+    #: ``auto``: inotify, falling back to scanning when watches run out; ``poll``: scan only.
+    mode: WatchMode = "auto"
+    #: Interval of the periodic scan in polling mode.
+    poll_seconds: float = 2.0
+    #: Files at least this large are uploaded in parts (multipart upload).
+    multipart_threshold: int = 8 * 1024 * 1024
+    #: Default bound of the final flush when the caller gives none.
+    flush_seconds: float = 60.0
+    #: Whether failed or abandoned uploads should fail the job.
+    strict: bool = False
+    #: Send small files with the lean signed PUT of :mod:`smtk.sync.fastput` (botocore otherwise).
+    fast_put: bool = True
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> SyncSettings:
+        return cls(
+            intermediate=cast(
+                IntermediateMode, choice(environ, "SMTK_SYNC_INTERMEDIATE", ("auto", "on", "off"), "auto")
+            ),
+            checkpoints=flag(environ, "SMTK_SYNC_CHECKPOINTS", default=False),
+            workers=integer(environ, "SMTK_SYNC_WORKERS", 8, minimum=1),
+            debounce_seconds=number(environ, "SMTK_SYNC_DEBOUNCE_MS", 250, minimum=0) / 1000.0,
+            retry_seconds=number(environ, "SMTK_SYNC_RETRY_SECONDS", 900, minimum=0),
+            mode=cast(WatchMode, choice(environ, "SMTK_SYNC_MODE", ("auto", "inotify", "poll"), "auto")),
+            poll_seconds=number(environ, "SMTK_SYNC_POLL_SECONDS", 2, minimum=0.05),
+            multipart_threshold=integer(environ, "SMTK_SYNC_MULTIPART_MB", 8, minimum=5) * 1024 * 1024,
+            flush_seconds=number(environ, "SMTK_SYNC_FLUSH_SECONDS", 60, minimum=0),
+            strict=flag(environ, "SMTK_SYNC_STRICT", default=False),
+            fast_put=flag(environ, "SMTK_SYNC_FAST_PUT", default=True),
+        )
+
+
+@dataclass(frozen=True)
+class PipeSettings:
+    """How Pipe-mode epochs are opened and read (``SMTK_PIPE_*``, ``SMTK_CRC32C``)."""
+
+    #: Seconds to wait for an epoch's FIFO and its first byte.
+    timeout: float = 300.0
+    #: Seconds a connected writer may send nothing before reading fails (0: wait, warning).
+    stall_timeout: float = 0.0
+    #: Pipe buffer to ask the kernel for (0 leaves it alone).
+    buffer_size: int = 1 << 20
+    #: ``python``: the pure-Python CRC32C even when the C extension is installed.
+    crc32c: str = "auto"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> PipeSettings:
+        return cls(
+            timeout=number(environ, "SMTK_PIPE_TIMEOUT", 300.0),
+            stall_timeout=number(environ, "SMTK_PIPE_STALL_TIMEOUT", 0.0),
+            buffer_size=int(number(environ, "SMTK_PIPE_BUFFER_SIZE", float(1 << 20))),
+            crc32c=choice(environ, "SMTK_CRC32C", ("auto", "python"), "auto"),
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every ``SMTK_*`` setting of this process (see docs/environment-variables.md)."""
+
+    # running the user's code
+    #: Seconds between forwarding SIGTERM/SIGINT to the job's process group and SIGKILL.
+    grace_period: float = 100.0
+    #: Seconds the platform gives between its SIGTERM and its SIGKILL (the final flush fits in it).
+    stop_window: float = 120.0
+    #: Seconds between two shown states of a ``\\r`` progress bar.
+    progress_interval: float = 10.0
+    #: Reap every orphaned zombie, as ``train`` does when it is PID 1.
+    reap_zombies: bool = False
+    #: ``SMTK_LOG_LEVEL`` as given (a name or a number), ``None`` when unset.
+    log_level: str | None = None
+    #: ``compat`` or ``json`` rendering of hyperparameters in argv, ``None`` when unset.
+    argv_format: str | None = None
+    # preparing
+    skip_requirements: bool = False
+    pip_args: tuple[str, ...] = ()
+    code_max_members: int = 100_000
+    code_max_bytes: int = 20 * 1024**3
+    # several hosts
+    ready_timeout: float = 600.0
+    master_port: int = 7777
+    status_port: int = 7778
+    ssh_port: int = 22
+    #: ``SMTK_SSHD`` split like a shell would; empty: ``sshd`` from PATH.
+    sshd: tuple[str, ...] = ()
+    host_addresses: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: torchrun's ``--max-restarts`` (the ``smtk_max_restarts`` hyperparameter wins).
+    max_restarts: int = 0
+    peer_abort_grace: float = 10.0
+    outcome_linger: float = 30.0
+    # side services
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    pipe: PipeSettings = field(default_factory=PipeSettings)
+    # smtk local
+    local_hosts: LocalHostsMode = "auto"
+    local_peer_grace: float = 30.0
+    container_engine: str = ""
+    container_args: tuple[str, ...] = ()
+    # what train tells the processes it starts (read back by smtk's own helpers)
+    launcher: str = ""
+    master_host: str = ""
+    job_hosts: tuple[str, ...] = ()
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and check every setting in ``environ``; :class:`ConfigError` on the first bad one."""
+        return cls(
+            grace_period=number(environ, "SMTK_GRACE_PERIOD", 100.0),
+            stop_window=number(environ, "SMTK_STOP_WINDOW", 120.0),
+            progress_interval=number(environ, "SMTK_PROGRESS_INTERVAL", 10.0),
+            reap_zombies=flag(environ, "SMTK_REAP_ZOMBIES", default=False),
+            log_level=_raw(environ, "SMTK_LOG_LEVEL"),
+            argv_format=_raw(environ, "SMTK_ARGV_FORMAT"),
+            skip_requirements=flag(environ, "SMTK_SKIP_REQUIREMENTS", default=False),
+            pip_args=words(environ, "SMTK_PIP_ARGS"),
+            code_max_members=integer(environ, "SMTK_CODE_MAX_MEMBERS", 100_000, minimum=1),
+            code_max_bytes=integer(environ, "SMTK_CODE_MAX_BYTES", 20 * 1024**3, minimum=1),
+            ready_timeout=number(environ, "SMTK_READY_TIMEOUT", 600.0),
+            master_port=port(environ, "SMTK_MASTER_PORT", 7777),
+            status_port=port(environ, "SMTK_STATUS_PORT", 7778),
+            ssh_port=port(environ, "SMTK_SSH_PORT", 22),
+            sshd=words(environ, "SMTK_SSHD"),
+            host_addresses=host_addresses(environ),
+            max_restarts=integer(environ, "SMTK_MAX_RESTARTS", 0),
+            peer_abort_grace=number(environ, "SMTK_PEER_ABORT_GRACE", 10.0),
+            outcome_linger=number(environ, "SMTK_OUTCOME_LINGER", 30.0),
+            sync=SyncSettings.from_environ(environ),
+            pipe=PipeSettings.from_environ(environ),
+            local_hosts=cast(
+                LocalHostsMode, choice(environ, "SMTK_LOCAL_HOSTS", ("auto", "netns", "loopback"), "auto")
+            ),
+            local_peer_grace=number(environ, "SMTK_LOCAL_PEER_GRACE", 30.0),
+            container_engine=(environ.get("SMTK_CONTAINER_ENGINE") or "").strip(),
+            container_args=words(environ, "SMTK_CONTAINER_ARGS"),
+            launcher=(environ.get("SMTK_LAUNCHER") or "").strip(),
+            master_host=(environ.get("SMTK_MASTER_HOST") or "").strip(),
+            job_hosts=tuple(h for h in (environ.get("SMTK_JOB_HOSTS") or "").split(",") if h.strip()),
+        )
+
+    def address_of(self, host: str) -> str:
+        """The address to use for ``host``: its ``SMTK_HOST_ADDRESSES`` mapping, else the name."""
+        return self.host_addresses.get(host, host)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from smtk import cluster, peers, report
+from smtk import cluster, peers
 from smtk.environment import Environment
 from smtk.errors import ClusterError
-from smtk.launch.process import StopController
+from smtk.failure import Failure, Success
+from smtk.settings import Settings
+from smtk.stop import Stop, Stopped
 from tests.helpers.jobtree import make_tree
 
 
@@ -31,7 +34,9 @@ def test_waits_until_a_late_listener_appears() -> None:
     def wait() -> None:
         try:
             cluster.wait_for(
-                [cluster.Peer("late", port, "test")], {"SMTK_HOST_ADDRESSES": "late=127.0.0.1"}, 120
+                [cluster.Peer("late", port, "test")],
+                Settings.from_environ({"SMTK_HOST_ADDRESSES": "late=127.0.0.1"}),
+                120,
             )
         except BaseException as exc:
             errors.append(exc)
@@ -51,7 +56,7 @@ def test_timeout_names_every_host_and_what_failed() -> None:
     port = _free_port()  # nothing listens there
     peers = [cluster.Peer("algo-2", port, "sshd"), cluster.Peer("algo-3.invalid", port, "sshd")]
     with pytest.raises(ClusterError) as caught:
-        cluster.wait_for(peers, {"SMTK_HOST_ADDRESSES": "algo-2=127.0.0.1"}, 1.0)
+        cluster.wait_for(peers, Settings.from_environ({"SMTK_HOST_ADDRESSES": "algo-2=127.0.0.1"}), 1.0)
     message = str(caught.value)
     assert caught.value.exit_status == 4
     assert f"algo-2 (connect 127.0.0.1:{port} (sshd): Connection refused" in message
@@ -89,16 +94,14 @@ def sessions() -> Iterator[list[peers.Session]]:
         session.close()
 
 
-def _session(
-    env: Environment, opened: list[peers.Session], stop: StopController | None = None
-) -> peers.Session:
+def _session(env: Environment, opened: list[peers.Session], stop: Stop | None = None) -> peers.Session:
     session = peers.Session(env, stop, ["s3cret"], ["algo-1", "algo-2"])
     opened.append(session)
     return session
 
 
-def _failure(host: str, cause: str, status: int = 1, rank: int | None = None) -> report.Outcome:
-    return report.Outcome(success=False, exit_status=status, cause=cause, category="x", host=host, rank=rank)
+def _failure(host: str, cause: str, status: int = 1, rank: int | None = None) -> Failure:
+    return Failure(exit_status=status, cause=cause, category="x", host=host, rank=rank)
 
 
 def test_both_sides_become_ready(
@@ -123,12 +126,14 @@ def test_master_failure_reaches_a_member_that_connects_later(
     assert final.cause.startswith("EntryPointError")
     closing = threading.Thread(target=master.close)  # lingers until algo-2 has been told
     closing.start()
-    stop = StopController()
+    stop = Stop()
     member = _session(pair[1], sessions, stop)
-    with pytest.raises(ClusterError, match=r"peer algo-1 failed: EntryPointError: no train\.py"):
+    with pytest.raises(
+        ClusterError, match=r"peer algo-1 failed \(exit status 2\): EntryPointError: no train"
+    ):
         member.wait_ready([], 30)
     assert stop.stop_signal == signal.SIGTERM  # its run (had it started) is being stopped
-    outcome = member.settle(report.Outcome(success=False, exit_status=4, cause="ClusterError: peer ..."))
+    outcome = member.settle(Failure(exit_status=4, cause="ClusterError: peer ..."))
     assert (outcome.exit_status, outcome.host, outcome.extra["reported_by"]) == (2, "algo-1", "algo-2")
     assert "s3cret" not in outcome.cause  # the sender redacted its secrets
     closing.join(30)
@@ -138,11 +143,11 @@ def test_master_failure_reaches_a_member_that_connects_later(
 def test_member_failure_stops_the_waiting_master(
     pair: tuple[Environment, Environment], sessions: list[peers.Session]
 ) -> None:
-    stop = StopController()
+    stop = Stop()
     master = _session(pair[0], sessions, stop)
     member = _session(pair[1], sessions)
     member.settle(_failure("algo-2", "InstallError: pip failed", 3))
-    with pytest.raises(ClusterError, match="peer algo-2 failed: InstallError: pip failed"):
+    with pytest.raises(ClusterError, match=r"peer algo-2 failed \(exit status 3\): InstallError: pip failed"):
         master.wait_ready([], 30)
     assert stop.stop_signal == signal.SIGTERM
     outcome = master.settle(_failure("algo-1", "Stopped: train received SIGTERM"))
@@ -168,7 +173,7 @@ def test_member_fails_at_once_when_the_masters_train_dies(
     pair: tuple[Environment, Environment], sessions: list[peers.Session]
 ) -> None:
     master = _session(pair[0], sessions)
-    stop = StopController()
+    stop = Stop()
     member = _session(pair[1], sessions, stop)
     with master.cond:
         master.cond.wait_for(lambda: "algo-2" in master.connections, 30)
@@ -187,7 +192,7 @@ def test_mpi_worker_gets_the_masters_outcome(
 ) -> None:
     master = _session(pair[0], sessions)
     member = _session(pair[1], sessions)
-    master.settle(report.success(1.0, host="algo-1"))
+    master.settle(Success(1.0, host="algo-1"))
     assert member.wait_master_outcome(30) == (0, None)
 
 
@@ -195,7 +200,30 @@ def test_rank_failure_reports_are_collected(
     pair: tuple[Environment, Environment], sessions: list[peers.Session]
 ) -> None:
     member = _session(pair[1], sessions)
-    environ = {**pair[1].environ, "SMTK_JOB_HOSTS": "algo-2"}
-    peers.announce_failure({"host": "algo-1", "rank": 0, "cause": "ValueError: x", "time": 1.0}, environ)
+    settings = Settings.from_environ({**pair[1].environ, "SMTK_JOB_HOSTS": "algo-2"})
+    sent = Failure(cause="ValueError: x", host="algo-1", rank=0, time=1.0)
+    peers.announce_failure(sent, settings)
     found = member.reported_failures(30, bool)
-    assert found == [{"host": "algo-1", "rank": 0, "cause": "ValueError: x", "time": 1.0}]
+    assert found == [sent]
+
+
+def test_a_stop_ends_the_wait_for_peers_at_once(
+    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+) -> None:
+    stop = Stop()
+    master = _session(pair[0], sessions, stop)  # algo-2 never comes: only the stop ends the wait
+    threading.Timer(0.5, stop.request, args=(signal.SIGTERM,)).start()
+    started = time.monotonic()
+    with pytest.raises(Stopped) as info:
+        master.wait_ready([cluster.Peer("algo-2", None)], 600)
+    assert time.monotonic() - started < 10
+    assert info.value.signum == signal.SIGTERM and "algo-2" in info.value.during
+
+
+def test_a_stop_ends_a_probe_wait_at_once() -> None:
+    stop = Stop()
+    threading.Timer(0.5, stop.request, args=(signal.SIGINT,)).start()
+    started = time.monotonic()
+    with pytest.raises(Stopped) as info:
+        cluster.wait_for([cluster.Peer("algo-9.invalid", 22, "sshd")], Settings(), 600, stop=stop)
+    assert time.monotonic() - started < 10 and info.value.signum == signal.SIGINT

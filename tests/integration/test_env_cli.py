@@ -83,18 +83,26 @@ def test_summary_is_readable_and_redacted(tree: Path) -> None:
 
 def test_json_is_dict_of_the_environment(tree: Path) -> None:
     env = clean_env(tree, TRAINING_JOB_NAME="job-1")
-    proc = _smtk("--json", env=env)
+    proc = _smtk("--json", "--reveal-secrets", env=env)
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
     expected = json.loads(Environment(environ=env).to_env_vars()["SM_TRAINING_ENV"])
     assert printed == expected
-    assert printed["hyperparameters"]["db_password"] == "hunter2-secret", "--json is exact, by design"
+    assert printed["hyperparameters"]["db_password"] == "hunter2-secret", "--reveal-secrets is exact"
+    masked = _smtk("--json", env=env)
+    assert masked.returncode == 0, masked.stderr
+    assert "hunter2-secret" not in masked.stdout  # masked by default, like every other output
+    shown = json.loads(masked.stdout)
+    assert shown["hyperparameters"]["db_password"] == "****"
+    assert {k: v for k, v in shown.items() if k != "hyperparameters"} == {
+        k: v for k, v in expected.items() if k != "hyperparameters"
+    }
 
 
 def test_export_sources_in_bash_to_the_same_variables(tree: Path, tmp_path: Path) -> None:
     env = clean_env(tree, TRAINING_JOB_NAME="job-1")
     dump = 'import json, os; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith("SM_")}))'
-    script = f"set -e; eval \"$({SMTK} env --export)\"; {sys.executable} -c '{dump}'"
+    script = f"set -e; eval \"$({SMTK} env --export --reveal-secrets)\"; {sys.executable} -c '{dump}'"
     proc = subprocess.run(
         ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -105,13 +113,15 @@ def test_export_sources_in_bash_to_the_same_variables(tree: Path, tmp_path: Path
     assert not_shell_names == {"SM_HP_BATCH-SIZE"}
     assert sourced == {k: v for k, v in expected.items() if k not in not_shell_names}
     assert sourced["SM_HP_MULTI"] == "line one\nline 'two' \"three\""
-    assert sourced["SM_HP_DB_PASSWORD"] == "hunter2-secret", "--export is exact: sourcing needs the values"
+    assert sourced["SM_HP_DB_PASSWORD"] == "hunter2-secret", "--reveal-secrets: sourcing needs the values"
     assert not (tmp_path / "pwned").exists(), "nothing in a value may be executed by the shell"
 
     export = _smtk("--export", env=env).stdout.splitlines()
     names = [line.split("=", 1)[0].removeprefix("export ") for line in export if line.startswith("export ")]
     assert names == sorted(names) and len(names) == len(sourced)
     assert "# not a shell variable name, skipped: SM_HP_BATCH-SIZE" in export
+    assert "export SM_HP_DB_PASSWORD='****'" in export  # masked unless revealed
+    assert not any("hunter2-secret" in line for line in export)
 
 
 def test_root_option_overrides_the_variable(tree: Path, tmp_path: Path) -> None:
@@ -157,7 +167,8 @@ def test_help_says_what_is_redacted() -> None:
     proc = subprocess.run([SMTK, "env", "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
-    assert "--export print exact values, secrets included" in text
+    assert "[--reveal-secrets]" in text and "print exact values, secrets included" in text
+    assert "masked like smtk's logs" in text
 
 
 def test_closed_pipe_is_not_an_error(tree: Path) -> None:

@@ -133,7 +133,7 @@ def test_host_that_never_comes_up(tmp_path: Path) -> None:
     assert worker.exit_status == 4, worker.output
     worker_failure = worker.failure() or ""
     assert "algo-3 (DNS:" in worker_failure and "where: host algo-1" in worker_failure, worker_failure
-    assert "peer algo-1 failed: ClusterError" in worker.output
+    assert "peer algo-1 failed (exit status 4): ClusterError" in worker.output
 
 
 def test_torchrun_rank_crash_stops_every_host(tmp_path: Path) -> None:

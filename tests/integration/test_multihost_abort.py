@@ -58,7 +58,7 @@ def test_master_entry_point_missing_stops_every_worker(tmp_path: Path) -> None:
         failure = run.failure() or ""
         # the same root cause as on the master, and where it happened
         assert failure.startswith("EntryPointError: ") and "where: host algo-1," in failure, failure
-        assert "peer algo-1 failed: EntryPointError" in run.output
+        assert "peer algo-1 failed (exit status 2): EntryPointError" in run.output
         record = run.failure_json() or {}
         assert record.get("host") == "algo-1" and record["extra"]["reported_by"] == host
 
@@ -77,7 +77,7 @@ def test_worker_install_failure_stops_the_master_and_other_workers(tmp_path: Pat
         failure = run.failure() or ""
         assert failure.startswith("InstallError: ") and "where: host algo-2," in failure, failure
         assert "smtk-no-such-package" in failure
-        assert "peer algo-2 failed: InstallError" in run.output
+        assert "peer algo-2 failed (exit status 3): InstallError" in run.output
     # algo-3 was ready and had launched torchrun (waiting for the master's store): it was stopped
     assert "forwarding it to the job's process group" in runs["algo-3"].output
 

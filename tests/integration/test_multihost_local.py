@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from pathlib import Path
@@ -51,10 +50,10 @@ def _environ(mode: str) -> dict[str, str]:
 def test_two_hosts_on_this_machine(tmp_path: Path, mode: str) -> None:
     if mode == "netns":
         require_netns()
-    out = io.StringIO()
+    lines: list[str] = []
     roots = _trees(tmp_path, {"sagemaker_torch_distributed_enabled": True})
-    statuses = run_hosts(roots, _environ(mode), out=out)
-    text = out.getvalue()
+    statuses = run_hosts(roots, _environ(mode), sink=lambda _stream, line: lines.append(line))
+    text = "\n".join(lines)
     assert statuses == {"algo-1": 0, "algo-2": 0}, text
     assert "algo-1:0 sum=3 host=algo-1" in text and "algo-2:1 sum=3 host=algo-2" in text
     assert "algo-2 | smtk INFO reporting success" in text
@@ -92,9 +91,15 @@ def test_max_runtime_and_stops_reach_every_host(tmp_path: Path) -> None:
         )
         for host in hosts
     }
-    out = io.StringIO()
-    statuses = run_hosts(roots, _environ("loopback"), out=out, max_runtime=3, stop_grace=60)
-    text = out.getvalue()
+    lines: list[str] = []
+    statuses = run_hosts(
+        roots,
+        _environ("loopback"),
+        sink=lambda _stream, line: lines.append(line),
+        max_runtime=3,
+        stop_grace=60,
+    )
+    text = "\n".join(lines)
     assert statuses == {"algo-1": 143, "algo-2": 143}, text
     assert "stopping on algo-1" in text and "stopping on algo-2" in text
     for root in roots.values():

@@ -38,6 +38,7 @@ import boto3
 import pytest
 
 from smtk.errors import ConfigError
+from smtk.settings import SyncSettings
 from smtk.sync.fastput import (
     MAX_CONSECUTIVE_FAILURES,
     USER_AGENT_MARKER,
@@ -46,7 +47,6 @@ from smtk.sync.fastput import (
     sign,
     signing_key,
 )
-from smtk.sync.settings import SyncSettings
 from smtk.sync.uploader import Target, Uploader
 from tests.helpers.s3server import S3Server
 from tests.integration.sync_support import captured

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,42 +12,40 @@ from smtk import cluster
 from smtk.entry_point import EntryPoint
 from smtk.environment import Environment
 from smtk.errors import ConfigError
+from smtk.failure import Failure
 from smtk.launch import rank, select
+from smtk.settings import Settings
 from tests.helpers.jobtree import make_tree
 
 
 def test_host_addresses_parse_and_map() -> None:
-    environ = {"SMTK_HOST_ADDRESSES": " algo-1=127.0.0.2, algo-2 = 127.0.0.3 "}
-    assert cluster.host_addresses(environ) == {"algo-1": "127.0.0.2", "algo-2": "127.0.0.3"}
-    assert cluster.address_of("algo-2", environ) == "127.0.0.3"
-    assert cluster.address_of("algo-9", environ) == "algo-9"
-    assert cluster.resolve("algo-1", environ) == "127.0.0.2"
+    settings = Settings.from_environ({"SMTK_HOST_ADDRESSES": " algo-1=127.0.0.2, algo-2 = 127.0.0.3 "})
+    assert dict(settings.host_addresses) == {"algo-1": "127.0.0.2", "algo-2": "127.0.0.3"}
+    assert settings.address_of("algo-2") == "127.0.0.3"
+    assert settings.address_of("algo-9") == "algo-9"
+    assert cluster.resolve("algo-1", settings) == "127.0.0.2"
 
 
 @pytest.mark.parametrize("text", ["algo-1", "algo-1=", "=1.2.3.4", "a=1,b"])
 def test_bad_host_addresses(text: str) -> None:
     with pytest.raises(ConfigError, match="SMTK_HOST_ADDRESSES"):
-        cluster.host_addresses({"SMTK_HOST_ADDRESSES": text})
+        Settings.from_environ({"SMTK_HOST_ADDRESSES": text})
 
 
 def test_settings_defaults() -> None:
-    assert cluster.ready_timeout({}) == cluster.DEFAULT_READY_TIMEOUT
-    assert cluster.ready_timeout({"SMTK_READY_TIMEOUT": "2.5"}) == 2.5
-    assert cluster.master_port({}) == 7777
-    assert cluster.status_port({"SMTK_STATUS_PORT": "9000"}) == 9000
+    assert Settings.from_environ({}).ready_timeout == 600.0
+    assert Settings.from_environ({"SMTK_READY_TIMEOUT": "2.5"}).ready_timeout == 2.5
+    assert Settings.from_environ({}).master_port == 7777
+    assert Settings.from_environ({"SMTK_STATUS_PORT": "9000"}).status_port == 9000
 
 
 @pytest.mark.parametrize(
-    ("getter", "name", "value"),
-    [
-        (cluster.ready_timeout, "SMTK_READY_TIMEOUT", "-1"),
-        (cluster.master_port, "SMTK_MASTER_PORT", "70000"),
-        (cluster.ssh_port, "SMTK_SSH_PORT", "x"),
-    ],
+    ("name", "value"),
+    [("SMTK_READY_TIMEOUT", "-1"), ("SMTK_MASTER_PORT", "70000"), ("SMTK_SSH_PORT", "x")],
 )
-def test_bad_settings(getter: Any, name: str, value: str) -> None:
+def test_bad_settings(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
-        getter({name: value})
+        Settings.from_environ({name: value})
 
 
 def _env(tmp_path: Path, hps: dict[str, Any], current: str) -> Environment:
@@ -54,7 +53,11 @@ def _env(tmp_path: Path, hps: dict[str, Any], current: str) -> Environment:
     root = make_tree(
         tmp_path, hyperparameters={"sagemaker_program": "train.py", **hps}, resourceconfig=resource
     )
-    return Environment(root=root, environ={"SMTK_SSH_PORT": "2222"})
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "mpirun").write_text("#!/bin/sh\nexit 99\n")  # looked up by the MPI plan, never run
+    (bindir / "mpirun").chmod(0o755)
+    return Environment(root=root, environ={"SMTK_SSH_PORT": "2222", "PATH": str(bindir)})
 
 
 @pytest.mark.parametrize(
@@ -75,7 +78,7 @@ def test_peers_for_each_plan(tmp_path: Path, hps: dict[str, Any], current: str, 
 
 
 def test_unresolvable_name_is_reported_as_dns() -> None:
-    problem = cluster.probe(cluster.Peer("no-such-host.invalid", 22), {})
+    problem = cluster.probe(cluster.Peer("no-such-host.invalid", 22), Settings())
     assert problem is not None and problem.startswith("DNS: ")
 
 
@@ -89,25 +92,31 @@ def test_rank_identity_from_launcher_variables() -> None:
     assert rank.identity({}) == rank.RankIdentity("process", 0, 0, 1)
 
 
-def test_rank_failure_records_pick_the_earliest(tmp_path: Path) -> None:
+def test_rank_failure_records_pick_the_root_cause(tmp_path: Path) -> None:
     base = str(tmp_path)
     assert rank.first_failure(base) is None
-    for r, t, cause in ((2, 20.0, "RuntimeError: peer closed"), (1, 10.0, "ValueError: boom")):
-        rank.record_failure(base, rank.RankFailure("algo-2", r, 0, 1, None, cause, (cause,), t))
+    for r, t, cause in (
+        (3, 5.0, "RuntimeError: Connection reset by peer"),
+        (2, 20.0, "RuntimeError: late"),
+        (1, 10.0, "ValueError: boom"),
+    ):
+        rank.record_failure(base, Failure(cause=cause, host="algo-2", rank=r, time=t, stderr_tail=(cause,)))
     first = rank.first_failure(base)
+    # The earliest is fallout (a peer's reset); the earliest root cause wins.
     assert first is not None and (first.rank, first.cause) == (1, "ValueError: boom")
+    assert sorted(f.rank or 0 for f in rank.recorded_failures(base)) == [1, 2, 3]
     rank.clear_failures(base)
     assert rank.first_failure(base) is None
 
 
-def test_rank_failure_announcement_is_found_in_launcher_output() -> None:
-    lines = [
-        "algo-1:0 step 3",
-        "algo-2:1 smtk: rank failed: algo-2:1 failed (exit status 1): ValueError: boom at train.py:6",
-        "algo-1:0 smtk: rank failed: algo-1:0 failed (exit status 1): RuntimeError: closed by peer",
-    ]
-    assert rank.failure_in(lines) == ("algo-2", 1, "ValueError: boom at train.py:6")
-    assert rank.failure_in(lines[:1]) is None
+def test_recorded_failures_ignore_what_is_not_a_record(tmp_path: Path) -> None:
+    directory = tmp_path / ".smtk" / "ranks"
+    directory.mkdir(parents=True)
+    (directory / "1.json").write_text("not json")
+    (directory / "2.json").write_text('{"cause": 3}')
+    os.mkfifo(directory / "3.json")  # never blocks the reader
+    rank.record_failure(str(tmp_path), Failure(cause="ValueError: x", host="algo-1", rank=0))
+    assert [f.rank for f in rank.recorded_failures(str(tmp_path))] == [0]
 
 
 def test_snapshot_is_private_and_skips_launcher_variables(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,17 @@ def _env(
     root = make_tree(
         tmp_path, hyperparameters={"sagemaker_program": "train.py", **hps}, resourceconfig=resource
     )
-    return Environment(root=root, environ={"PATH": "/nonexistent", **(environ or {})})
+    return Environment(root=root, environ={"PATH": _fake_mpi_bin(tmp_path), **(environ or {})})
+
+
+def _fake_mpi_bin(tmp_path: Path) -> str:
+    """A directory holding an ``mpirun`` that is only ever looked up, never run."""
+    bindir = tmp_path / "mpi" / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    mpirun = bindir / "mpirun"
+    mpirun.write_text("#!/bin/sh\nexit 99\n")
+    mpirun.chmod(0o755)
+    return str(bindir)
 
 
 def _entry(env: Environment, kind: str = "python", name: str = "train.py") -> EntryPoint:
@@ -141,7 +153,9 @@ def test_mpi_master_plan(tmp_path: Path) -> None:
     )
     plan = mpi.build_master_plan(env, _entry(env), python=PY)
     argv = list(plan.argv)
-    assert argv[:6] == ["mpirun", "--host", "algo-1:2,algo-2:2", "-np", "4", "--allow-run-as-root"]
+    mpirun = str(tmp_path / "mpi" / "bin" / "mpirun")
+    assert argv[:6] == [mpirun, "--host", "algo-1:2,algo-2:2", "-np", "4", "--allow-run-as-root"]
+    assert argv[6:8] == ["--prefix", str(tmp_path / "mpi")]  # prted found on the other hosts too
     assert argv[argv.index("btl_tcp_if_include") - 1 :][:3] == ["--mca", "btl_tcp_if_include", "ens5"]
     assert "NCCL_DEBUG=INFO" in argv
     assert "SAGEMAKER_BASE_DIR" in argv and "SMTK_READY_TIMEOUT" in argv
@@ -184,3 +198,35 @@ def test_mpi_worker_plan_runs_nothing(tmp_path: Path) -> None:
     assert plan.kind == "mpi-worker"
     assert plan.argv == ()
     assert plan.env["SM_CURRENT_HOST"] == "algo-2"
+
+
+def test_mpi_without_mpirun_is_a_configuration_error(tmp_path: Path) -> None:
+    env = _env(tmp_path, {"sagemaker_mpi_enabled": True}, environ={"PATH": str(tmp_path / "empty")})
+    with pytest.raises(ConfigError, match="mpirun") as info:
+        mpi.build_master_plan(env, _entry(env), python=PY)
+    assert info.value.exit_status == 2
+    assert "install Open MPI" in str(info.value)
+
+
+def test_mpi_python_entry_without_mpi4py_is_a_configuration_error(tmp_path: Path) -> None:
+    """Planning in an interpreter that has no mpi4py (``-I -S``: no site-packages at all)."""
+    env_root = _env(tmp_path, {"sagemaker_mpi_enabled": True}).paths.root
+    src = str(Path(mpi.__file__).resolve().parents[2])
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from smtk.environment import Environment; from smtk.entry_point import EntryPoint; "
+        "from smtk.errors import ConfigError; from smtk.launch import mpi\n"
+        "env = Environment(root=sys.argv[2], environ={'PATH': sys.argv[3]})\n"
+        "entry = EntryPoint(kind='python', name='train.py', code_dir=env.paths.code_dir)\n"
+        "try:\n    mpi.build_master_plan(env, entry)\n"
+        "except ConfigError as exc:\n    print(exc.exit_status, exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe, src, env_root, str(tmp_path / "mpi" / "bin")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("2 ") and "pip install mpi4py" in done.stdout

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from smtk.launch.process import MAX_LINE_BYTES, _LineSplitter
+from smtk.lines import MAX_LINE_BYTES, LineSplitter
 
 
 def split(chunks: list[bytes], interval: float = 0.0) -> list[str]:
     lines: list[str] = []
-    splitter = _LineSplitter(lines.append, interval)
+    splitter = LineSplitter(lines.append, interval)
     for chunk in chunks:
         splitter.feed(chunk)
     splitter.close()

@@ -91,14 +91,29 @@ class Channel:
 
     def files(self) -> Iterator[str]:
         """Every regular file under the directory, in S3 key order (byte order of the
-        relative path), so each host sees the same order."""
+        relative path), so each host sees the same order.
+
+        Links to directories are followed, but each directory is listed once: a link
+        back up the tree (a loop) or a second link to the same directory adds nothing.
+        """
         directory = self.directory
         if not os.path.isdir(directory):
             raise ChannelError(
                 f"channel {self.name!r} ({self.mode} mode): the directory {directory} does not exist"
             )
         found: list[tuple[bytes, str]] = []
-        for root, _dirs, names in os.walk(directory, followlinks=True):
+        seen: set[tuple[int, int]] = set()
+        for root, dirs, names in os.walk(directory, followlinks=True):
+            try:
+                info = os.stat(root)
+            except OSError:
+                dirs[:] = []
+                continue
+            if (info.st_dev, info.st_ino) in seen:
+                dirs[:] = []  # reached again through a link: its files are listed already
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            dirs.sort()
             for name in names:
                 full = os.path.join(root, name)
                 if os.path.isfile(full):

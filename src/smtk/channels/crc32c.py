@@ -24,6 +24,8 @@ import struct
 from array import array
 from collections.abc import Callable
 
+from smtk.settings import PipeSettings
+
 POLYNOMIAL = 0x82F63B78  # CRC32C, reflected
 _MASK_DELTA = 0xA282EAD8
 _U32 = 0xFFFFFFFF
@@ -66,7 +68,7 @@ def crc32c_python(data: Buffer, crc: int = 0) -> int:
 
 
 def _choose_backend() -> Callable[[Buffer, int], int]:
-    if os.environ.get("SMTK_CRC32C", "auto").lower() != "python":
+    if PipeSettings.from_environ(os.environ).crc32c != "python":
         try:
             import google_crc32c  # a dependency; its C code may still be missing
         except ImportError:

@@ -45,15 +45,12 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from smtk import settings
 from smtk.channels.records import DEFAULT_CHUNK_SIZE, RecordReader, open_records
 from smtk.errors import ChannelError
+from smtk.settings import PipeSettings
 
 logger = logging.getLogger("smtk")
 
-DEFAULT_TIMEOUT = 300.0
-DEFAULT_STALL_TIMEOUT = 0.0
-DEFAULT_PIPE_BUFFER = 1 << 20
 _FIRST_DELAY = 0.01
 _MAX_DELAY = 1.0
 _PROGRESS_EVERY = 10.0
@@ -72,11 +69,6 @@ class FifoTimeoutError(ChannelError):
         self.path = path
         self.waited = waited
         super().__init__(message, hint=hint)
-
-
-def setting(environ: Mapping[str, str] | None, name: str, default: float) -> float:
-    """A non-negative number of seconds (or bytes) from ``environ[name]``."""
-    return settings.number(os.environ if environ is None else environ, name, default)
 
 
 #: Raw chunks are read 128 KiB at a time: a fresh ``bytes`` of that size comes from the
@@ -130,17 +122,10 @@ class PipeEpoch:
         self._records_chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
         self.record_wrapper = record_wrapper
         self.bytes_read = 0
-        self.stall_timeout = (
-            setting(environ, "SMTK_PIPE_STALL_TIMEOUT", DEFAULT_STALL_TIMEOUT)
-            if stall_timeout is None
-            else stall_timeout
-        )
-        wait = setting(environ, "SMTK_PIPE_TIMEOUT", DEFAULT_TIMEOUT) if timeout is None else timeout
-        buffer = (
-            int(setting(environ, "SMTK_PIPE_BUFFER_SIZE", DEFAULT_PIPE_BUFFER))
-            if pipe_buffer is None
-            else pipe_buffer
-        )
+        configured = PipeSettings.from_environ(os.environ if environ is None else environ)
+        self.stall_timeout = configured.stall_timeout if stall_timeout is None else stall_timeout
+        wait = configured.timeout if timeout is None else timeout
+        buffer = configured.buffer_size if pipe_buffer is None else pipe_buffer
         self._eof = False
         self._fd: int | None = _open_fifo(self.path, number, wait)
         if buffer:

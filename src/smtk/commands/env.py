@@ -4,12 +4,13 @@
 
     smtk env                      # a readable summary; secret-looking values masked
     smtk env --json               # dict(Environment()) as JSON (SM_TRAINING_ENV, indented)
-    smtk env --export             # export SM_...=... lines, for: eval "$(smtk env --export)"
+    smtk env --export --reveal-secrets   # export SM_...=... lines, for: eval "$(smtk env ...)"
     smtk env --root ./job/opt/ml  # another tree than $SAGEMAKER_BASE_DIR or /opt/ml
 
-``--json`` and ``--export`` print exact values, secrets included: they are what the
-user's process receives, and a sourced ``--export`` needs the real values. A
-configuration error is one line on stderr (``smtk env: <message>``) and exit status 2.
+Everything it prints goes through smtk's masking, like its logs: secret-looking values
+show as ``****``. ``--reveal-secrets`` prints exact values (what the user's process
+receives; a sourced ``--export`` needs them). A configuration error is one line on
+stderr (``smtk env: <message>``) and exit status 2.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import json
 import os
 import re
 import shlex
-import sys
 from collections.abc import Iterable, Mapping
-from typing import Any, TextIO
+from typing import Any
 
+from smtk import log
 from smtk.errors import SmtkError
 
 _SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -30,9 +31,8 @@ _SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
-        "The summary masks values whose names look secret (password, token, key, ...). "
-        "--json and --export print exact values, secrets included, because they are what "
-        "the training process receives and sourcing needs the real values."
+        "Everything printed is masked like smtk's logs: values whose names look secret "
+        "(password, token, key, ...) and credentials in URLs show as ****."
     )
     parser.add_argument(
         "--root",
@@ -40,31 +40,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the job tree to read (default: $SAGEMAKER_BASE_DIR, else /opt/ml)",
     )
     output = parser.add_mutually_exclusive_group()
-    output.add_argument(
-        "--json", action="store_true", help="print dict(Environment()) as JSON (not redacted)"
-    )
+    output.add_argument("--json", action="store_true", help="print dict(Environment()) as JSON")
     output.add_argument(
         "--export",
         action="store_true",
-        help="print sorted, shell-quoted 'export SM_...=...' lines to source (not redacted)",
+        help="print sorted, shell-quoted 'export SM_...=...' lines to source",
+    )
+    parser.add_argument(
+        "--reveal-secrets",
+        action="store_true",
+        help="print exact values, secrets included (what the training process receives; "
+        "a sourced --export needs them)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from smtk.environment import Environment
+    from smtk.redact import secret_values
 
+    reveal = bool(args.reveal_secrets)
+    masker = log.masker()
     try:
         env = Environment(root=args.root)
+        masker.add(secret_values(env.raw_hyperparameters, env.environ))
         if args.json:
-            text = json.dumps(dict(env), indent=2, sort_keys=True) + "\n"
+            data = dict(env) if reveal else masker.mask_tree(dict(env))
+            text = json.dumps(data, indent=2, sort_keys=True)
         elif args.export:
-            text = render_export(env.to_env_vars())
+            values = env.to_env_vars()
+            text = render_export(values if reveal else masker.mask_mapping(values)).rstrip("\n")
         else:
-            text = render_summary(env)
+            text = render_summary(env).rstrip("\n")
     except SmtkError as exc:
-        print(f"smtk env: {_one_line(str(exc), limit=2000)}", file=sys.stderr)
+        log.write("stderr", f"smtk env: {_one_line(str(exc), limit=2000)}")
         return exc.exit_status
-    return _write(sys.stdout, text)
+    log.write("stdout", text, reveal=reveal)
+    return 0
 
 
 def render_export(env_vars: Mapping[str, str]) -> str:
@@ -166,22 +177,3 @@ def _columns(rows: list[tuple[str, ...]]) -> str:
 def _one_line(text: str, limit: int = 200) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _write(stream: TextIO, text: str) -> int:
-    """Write ``text`` as UTF-8 whatever the locale; a closed pipe (``| head``) is not an error."""
-    try:
-        buffer = getattr(stream, "buffer", None)
-        if buffer is not None:
-            stream.flush()
-            buffer.write(text.encode("utf-8", "surrogateescape"))
-            buffer.flush()
-        else:
-            stream.write(text)
-            stream.flush()
-    except BrokenPipeError:
-        # Python would complain again when flushing stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    return 0

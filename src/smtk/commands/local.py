@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 from smtk import log
 from smtk.errors import SmtkError
+from smtk.stop import Stop, Stopped
 
 DESCRIPTION = __doc__
 
@@ -113,12 +113,11 @@ def _build_spec(args: argparse.Namespace) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smtk.launch.process import StopController
     from smtk.local.runner import run_job
     from smtk.local.spec import JobSpec
 
     log.configure()
-    stop = StopController().install()
+    stop: Stop = args.stop
     try:
         spec = _build_spec(args)
         assert isinstance(spec, JobSpec)
@@ -126,8 +125,9 @@ def run(args: argparse.Namespace) -> int:
             "smtk-jobs", f"{spec.job_name}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         return run_job(spec, job_dir, stop=stop, pipe_epochs=args.pipe_epochs)
+    except Stopped as stopped:
+        log.write("stderr", f"smtk local: {stopped}")
+        return stopped.exit_status
     except SmtkError as exc:
-        print(f"smtk local: {exc}", file=sys.stderr)
+        log.write("stderr", f"smtk local: {exc}")
         return exc.exit_status
-    finally:
-        stop.restore()

@@ -13,14 +13,12 @@ Exit status: 0 when every epoch was fed, 2 for bad arguments, 1 for a failure, a
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
-from types import FrameType
 
-from smtk import config
+from smtk import config, log
 from smtk.errors import ConfigError, SmtkError
 from smtk.log import configure
 from smtk.paths import Paths
+from smtk.stop import Stop, signal_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,33 +65,27 @@ def run(args: argparse.Namespace) -> int:
         )
         feeder.start()
     except ConfigError as exc:
-        print(f"smtk pipe-feed: {exc}", file=sys.stderr)
+        log.write("stderr", f"smtk pipe-feed: {exc}")
         return 2
     except SmtkError as exc:
-        print(f"smtk pipe-feed: {exc}", file=sys.stderr)
+        log.write("stderr", f"smtk pipe-feed: {exc}")
         return 1
 
-    received: list[int] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
-        feeder.stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop: Stop = args.stop
+    unhook = stop.on_stop(lambda _signum: feeder.stop())
     try:
         while not feeder.wait(None):
             pass
     finally:
         feeder.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if received:
-        print(
-            f"smtk pipe-feed: stopped by {signal.Signals(received[0]).name} after "
+        unhook()
+    if stop.signum is not None:
+        log.write(
+            "stderr",
+            f"smtk pipe-feed: stopped by {signal_name(stop.signum)} after "
             f"{feeder.epochs_done} of {args.epochs} epoch(s)",
-            file=sys.stderr,
         )
-        return 128 + received[0]
+        return 128 + stop.signum
     if feeder.error is not None:
         return 2 if isinstance(feeder.error, ConfigError) else 1
     return 0

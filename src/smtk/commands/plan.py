@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import shlex
 from dataclasses import asdict
 from typing import Any
 
+from smtk import log
 from smtk.errors import SmtkError
 
 
@@ -32,31 +33,32 @@ def run(args: argparse.Namespace) -> int:
     from smtk import cluster, entry_point
     from smtk.environment import Environment
     from smtk.launch import select
-    from smtk.redact import is_secret_name, redact_argv, secret_values
+    from smtk.redact import MASK, is_secret_name, secret_values
 
+    masker = log.masker()
     try:
         env = Environment(root=args.root)
+        masker.add(secret_values(env.raw_hyperparameters, env.environ))
         entry = entry_point.resolve(env)
         plan = select.build_plan(env, entry)
         peers = cluster.peers_for(env, plan) if len(plan.hosts) > 1 else []
     except SmtkError as exc:
-        print(f"smtk plan: {exc}", file=sys.stderr)
+        log.write("stderr", f"smtk plan: {exc}")
         return exc.exit_status
-    secrets = secret_values(env.raw_hyperparameters, env.environ)
-    argv = redact_argv(plan.argv, secrets)
-    masked = {k: ("****" if is_secret_name(k) else v) for k, v in sorted(plan.env.items())}
+    argv = masker.mask_argv(plan.argv)
+    masked = {k: (MASK if is_secret_name(k) else v) for k, v in sorted(plan.env.items())}
     if args.json:
         data: dict[str, Any] = asdict(plan)
         data.update(argv=list(argv), env=masked, hosts=list(plan.hosts), notes=list(plan.notes))
         data["host"] = env.current_host
         data["waits_for"] = [asdict(p) for p in peers]
-        print(json.dumps(data, indent=2, sort_keys=True))
+        log.write("stdout", json.dumps(data, indent=2, sort_keys=True))
         return 0
     lines = [
         f"host:       {env.current_host} ({'master' if env.is_master else 'not master'})",
         f"launcher:   {plan.kind}",
         f"hosts:      {', '.join(plan.hosts)} ({plan.processes_per_host} process(es) per host)",
-        f"command:    {' '.join(argv) if argv else '(none: waits for the MPI master)'}",
+        f"command:    {shlex.join(argv) if argv else '(none: waits for the MPI master)'}",
         f"cwd:        {plan.cwd}",
         "waits for:  "
         + (", ".join(f"{p.host}:{p.port} ({p.service})" if p.port else p.host for p in peers) or "nobody"),
@@ -65,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
     smtk_vars = [f"{k}={v}" for k, v in masked.items() if k.startswith("SMTK_")]
     if smtk_vars:
         lines.append("smtk vars:  " + " ".join(smtk_vars))
-    print("\n".join(lines))
+    log.write("stdout", "\n".join(lines))
     return 0

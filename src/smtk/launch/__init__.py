@@ -1,1 +1,1 @@
-"""Launch plans (pure builders) and the one module that runs them (:mod:`smtk.launch.process`)."""
+"""Launch plans: pure builders of the ``LaunchPlan`` that :mod:`smtk.supervisor` runs."""

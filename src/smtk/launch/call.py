@@ -3,8 +3,14 @@
 The reference imports the module and calls the function inside its own process; smtk
 runs it as a child process instead, so a function entry point gets the same signal
 forwarding, log streaming and failure report as a script. The function is called with
-no arguments (as the reference does). ``SystemExit`` passes through; any other
-exception prints its traceback and exits with status 1.
+no arguments, and, as in the reference, what it returns is ignored: the job succeeds
+when the function returns, whatever the value. ``SystemExit`` passes through
+(``sys.exit(3)`` fails the job with status 3); any other exception prints its traceback
+and exits with status 1.
+
+A module or function that does not exist is a configuration error, exit status 2, in
+both cases: a module the function's own code fails to import is the user code's
+``ModuleNotFoundError`` (status 1, with its traceback).
 """
 
 from __future__ import annotations
@@ -12,19 +18,39 @@ from __future__ import annotations
 import importlib
 import sys
 
+from smtk import log
+
+#: Exit status for a module or function that does not exist (a configuration error).
+NOT_FOUND = 2
+
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or ":" not in argv[0]:
-        print("usage: python -m smtk.launch.call package.module:function", file=sys.stderr)
-        return 2
+        log.write("stderr", "usage: python -m smtk.launch.call package.module:function")
+        return NOT_FOUND
     module_name, _, function_name = argv[0].partition(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            log.write(
+                "stderr",
+                f"smtk: SAGEMAKER_TRAINING_MODULE={argv[0]}: no module named {missing!r} "
+                "(in the code dir, or installed by requirements.txt)",
+            )
+            return NOT_FOUND
+        raise  # the user's module imports something missing: its own error
     function = getattr(module, function_name, None)
     if not callable(function):
-        print(f"{module_name!r} has no callable named {function_name!r}", file=sys.stderr)
-        return 2
-    result = function()
-    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+        log.write(
+            "stderr",
+            f"smtk: SAGEMAKER_TRAINING_MODULE={argv[0]}: {module_name!r} has no callable named "
+            f"{function_name!r}",
+        )
+        return NOT_FOUND
+    function()  # the return value is ignored, as the reference does
+    return 0
 
 
 if __name__ == "__main__":

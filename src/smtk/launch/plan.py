@@ -1,7 +1,7 @@
 """``LaunchPlan``: what will run on this host, as a pure, comparable value.
 
 Plan builders (plain process, torchrun, MPI) turn an :class:`~smtk.environment.Environment`
-into a ``LaunchPlan``; :mod:`smtk.launch.process` is the only code that starts it.
+into a ``LaunchPlan``; :mod:`smtk.supervisor` is the only code that starts it.
 Because plans are frozen dataclasses, launchers are tested by comparing plans and
 ``smtk plan`` prints one without running anything.
 """

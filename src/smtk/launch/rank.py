@@ -14,11 +14,15 @@ The wrapper
    (the container's variables and the ``SM_*`` set), and without one re-reads the
    local tree (``$SAGEMAKER_BASE_DIR``, else ``/opt/ml``) itself. ``SM_CURRENT_HOST``
    is therefore never the master's on a worker, without an ``LD_PRELOAD`` shim;
-3. adds ``SMTK_RANK``, ``SMTK_LOCAL_RANK``, ``SMTK_WORLD_SIZE``, ``SMTK_HOST``;
-4. runs the command through :func:`smtk.launch.process.run` with the line prefix
+3. adds ``SMTK_RANK``, ``SMTK_LOCAL_RANK``, ``SMTK_WORLD_SIZE``, ``SMTK_HOST``, and a
+   ``TORCHELASTIC_ERROR_FILE`` when the launcher did not set one, so a script whose
+   ``main`` is decorated with torch's ``@record`` leaves its exception there;
+4. runs the command through the :mod:`smtk.supervisor` with the line prefix
    ``host:rank `` (lines kept whole, signals forwarded), and exits as the command did;
-5. when the rank fails, prints one ``smtk: rank failed`` line naming host, rank and
-   cause, and records it in ``<base>/.smtk/ranks/<rank>.json`` for the report.
+5. when the rank fails, builds its :class:`~smtk.failure.Failure` (from the error file
+   first, then the traceback), prints one ``smtk: rank failed`` line for the log,
+   records it in ``<base>/.smtk/ranks/<rank>.json`` and reports it to every host's
+   ``train`` over the status port, so the report names the first rank that failed.
 """
 
 from __future__ import annotations
@@ -27,20 +31,31 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from smtk import causes, log
+from smtk.failure import Failure, root_cause
+from smtk.files import read_text
 from smtk.launch.plan import LaunchPlan
+from smtk.settings import Settings
+from smtk.stop import Stop
+
+if TYPE_CHECKING:
+    from smtk.peers import Session
 
 #: The rank's own grace period is shorter than torchrun's 30 s SIGKILL, so the
 #: wrapper (not the launcher) escalates and nothing is left behind.
 RANK_GRACE_PERIOD = 20.0
 SNAPSHOT = os.path.join(".smtk", "host-env.json")
 RANKS_DIR = os.path.join(".smtk", "ranks")
+ERRORS_DIR = os.path.join(".smtk", "errors")
+#: Seconds the report waits for other hosts' rank reports when the local ones look like fallout.
+REPORT_WAIT = 2.0
 #: Variables the launcher sets for this very process: never taken from a snapshot.
 _LAUNCHER_PREFIXES = ("OMPI_", "PMIX_", "PRTE_", "OPAL_", "TORCHELASTIC_")
 _LAUNCHER_NAMES = frozenset(
@@ -55,26 +70,6 @@ class RankIdentity:
     rank: int
     local_rank: int
     world_size: int
-
-
-@dataclass(frozen=True)
-class RankFailure:
-    """One rank's failure, as recorded by its wrapper."""
-
-    host: str
-    rank: int
-    local_rank: int
-    exit_status: int
-    signal: int | None
-    #: The most telling stderr line (the exception line of a traceback), else the last.
-    cause: str
-    stderr_tail: tuple[str, ...]
-    #: Wall-clock time of the failure (``time.time()``); the earliest is the root cause.
-    time: float
-
-    def describe(self) -> str:
-        how = f"killed by signal {self.signal}" if self.signal else f"exit status {self.exit_status}"
-        return f"{self.host}:{self.rank} failed ({how}): {self.cause or 'no output on stderr'}"
 
 
 def identity(environ: Mapping[str, str]) -> RankIdentity:
@@ -93,7 +88,7 @@ def identity(environ: Mapping[str, str]) -> RankIdentity:
             int(environ["LOCAL_RANK"]),
             int(environ.get("WORLD_SIZE", "1")),
         )
-    return RankIdentity(environ.get("SMTK_LAUNCHER", "process"), 0, 0, 1)
+    return RankIdentity(Settings.from_environ(environ).launcher or "process", 0, 0, 1)
 
 
 def base_dir(environ: Mapping[str, str]) -> str:
@@ -102,14 +97,15 @@ def base_dir(environ: Mapping[str, str]) -> str:
 
 def host_environment(environ: Mapping[str, str], launcher: str) -> dict[str, str]:
     """Variables to set so the rank sees this host's job environment."""
-    if "SM_CURRENT_HOST" in environ and "SMTK_MASTER_HOST" in environ:
+    if "SM_CURRENT_HOST" in environ and Settings.from_environ(environ).master_host:
         return {}  # started on this host by this host's own train (torchrun, MPI master)
-    path = os.path.join(base_dir(environ), SNAPSHOT)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            snapshot: dict[str, str] = json.load(handle)
-    except FileNotFoundError:
-        snapshot = {}
+    text = read_text(os.path.join(base_dir(environ), SNAPSHOT), 64 * 1024 * 1024)
+    snapshot: dict[str, str] = {}
+    if text:
+        with contextlib.suppress(ValueError):
+            loaded = json.loads(text)
+            if isinstance(loaded, dict):
+                snapshot = {str(k): str(v) for k, v in loaded.items()}
     if snapshot:
         return {k: v for k, v in snapshot.items() if not _launcher_variable(k)}
     from smtk.environment import Environment
@@ -134,132 +130,108 @@ def write_snapshot(base: str, values: Mapping[str, str]) -> str:
     return path
 
 
-def cause_of(lines: Sequence[str], code_dir: str | None = None) -> str:
-    """The last Python exception in ``lines`` (with its user frame), else the last line."""
-    from smtk.report import find_python_error
-
-    error = find_python_error(lines, code_dir)
-    if error is not None:
-        return error.describe()
-    text = [line.strip() for line in lines if line.strip()]
-    return text[-1] if text else ""
+# -- recorded failures -------------------------------------------------------------------------
 
 
-_ANNOUNCEMENT = re.compile(
-    r"smtk: rank failed: (?P<host>\S+):(?P<rank>\d+) failed \((?P<how>[^)]*)\): (?P<cause>.*)$"
-)
-
-
-def failure_in(lines: Sequence[str]) -> tuple[str, int, str] | None:
-    """The first ``smtk: rank failed`` announcement in ``lines``: (host, rank, cause)."""
-    for line in lines:
-        match = _ANNOUNCEMENT.search(line)
-        if match:
-            return match.group("host"), int(match.group("rank")), match.group("cause")
-    return None
-
-
-#: Causes that are consequences of another rank's failure (its peers lose their connections).
-_SECONDARY = re.compile(
-    r"closed by peer|reset by peer|broken pipe|connection refused|NCCL communicator was aborted|"
-    r"ncclRemoteError|DistNetworkError|Socket Timeout|MPI_ABORT|terminate called",
-    re.IGNORECASE,
-)
-
-
-def is_secondary(cause: str) -> bool:
-    """Whether ``cause`` reads like fallout of a peer's failure rather than a root cause."""
-    return bool(_SECONDARY.search(cause))
-
-
-def locate_failure(lines: Sequence[str], base: str) -> tuple[str, int, str] | None:
-    """Which rank failed first: (host, rank, cause).
-
-    Candidates are the failures rank wrappers reported to this host over the network
-    (torchrun jobs), those announced in the launcher's output (MPI carries every
-    host's lines to the master) and those recorded on this host. A root cause beats
-    fallout (a peer's "connection closed"); among equals, the earliest wins.
-    """
-    candidates: list[tuple[bool, float, int, tuple[str, int, str]]] = []
-    announced = failure_in(lines)
-    if announced is not None:
-        candidates.append((is_secondary(announced[2]), float("inf"), 0, announced))
-    recorded = first_failure(base)
-    if recorded is not None:
-        candidates.append(
-            (is_secondary(recorded.cause), recorded.time, 1, (recorded.host, recorded.rank, recorded.cause))
-        )
-    peers = sys.modules.get("smtk.peers")
-    if peers is not None:
-        if not candidates or all(c[0] for c in candidates):
-            # Local failures look like fallout: give other hosts' reports a moment to arrive.
-            reports = peers.reported_failures(
-                2.0, lambda found: any(not is_secondary(str(f.get("cause", ""))) for f in found)
-            )
-        else:
-            reports = peers.reported_failures()
-        for report in reports:
-            try:
-                entry = (str(report["host"]), int(report["rank"]), str(report["cause"]))
-                candidates.append((is_secondary(entry[2]), float(report["time"]), 2, entry))
-            except (KeyError, TypeError, ValueError):
-                continue
-    if not candidates:
-        return None
-    return min(candidates)[3]
-
-
-def record_failure(base: str, failure: RankFailure) -> None:
+def record_failure(base: str, failure: Failure) -> None:
     """Write ``failure`` to ``<base>/.smtk/ranks/<rank>.json`` (best effort)."""
     directory = os.path.join(base, RANKS_DIR)
     try:
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, f"{failure.rank}.json"), "w", encoding="utf-8") as handle:
-            json.dump(asdict(failure), handle)
+        tmp = os.path.join(directory, f".{failure.rank}.{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(failure.to_json(), handle)
+        os.replace(tmp, os.path.join(directory, f"{failure.rank}.json"))
     except OSError:
-        pass  # the printed line still names the rank
+        pass  # the printed line and the report over the network still name the rank
 
 
-def first_failure(base: str) -> RankFailure | None:
-    """The earliest failure recorded by this host's rank wrappers, if any."""
+def recorded_failures(base: str) -> list[Failure]:
+    """The failures this host's rank wrappers recorded."""
     directory = os.path.join(base, RANKS_DIR)
     try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return None
-    failures: list[RankFailure] = []
-    for name in names:
-        try:
-            with open(os.path.join(directory, name), encoding="utf-8") as handle:
-                data = json.load(handle)
-            data["stderr_tail"] = tuple(data.get("stderr_tail", ()))
-            failures.append(RankFailure(**data))
-        except (OSError, ValueError, TypeError):
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
+    except OSError:
+        return []
+    found: list[Failure] = []
+    for name in names[:1024]:
+        text = read_text(os.path.join(directory, name), 1024 * 1024)
+        if text is None:
             continue
-    return min(failures, key=lambda f: (f.time, f.rank)) if failures else None
+        with contextlib.suppress(ValueError, RecursionError):
+            failure = Failure.from_json(json.loads(text))
+            if failure is not None:
+                found.append(failure)
+    return found
+
+
+def first_failure(base: str) -> Failure | None:
+    """The root cause among the failures recorded on this host, if any."""
+    return root_cause(recorded_failures(base))
+
+
+def reported_failures(base: str, session: Session | None) -> list[Failure]:
+    """Every rank failure known here: recorded on this host, and reported by other hosts.
+
+    When every local one reads like fallout, the other hosts' reports get
+    :data:`REPORT_WAIT` seconds to bring a root cause.
+    """
+    local = recorded_failures(base)
+    if session is None:
+        return local
+    if not local or all(f.secondary for f in local):
+        reports = session.reported_failures(REPORT_WAIT, lambda found: any(not f.secondary for f in found))
+    else:
+        reports = session.reported_failures()
+    return [*local, *reports]
 
 
 def clear_failures(base: str) -> None:
     """Forget failures of an earlier run on this host (called before a launch)."""
-    directory = os.path.join(base, RANKS_DIR)
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return
-    for name in names:
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(directory, name))
+    for sub in (RANKS_DIR, ERRORS_DIR):
+        directory = os.path.join(base, sub)
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def announce(failure: Failure, settings: Settings) -> None:
+    """Report ``failure`` to every host's ``train`` (best effort)."""
+    from smtk.peers import announce_failure
+
+    announce_failure(failure, settings)
+
+
+# -- the wrapper --------------------------------------------------------------------------------
+
+
+def _error_file(environ: Mapping[str, str], values: dict[str, str], rank: int) -> str:
+    """The rank's ``TORCHELASTIC_ERROR_FILE``: torchrun's, else one of ours (created fresh)."""
+    given = environ.get("TORCHELASTIC_ERROR_FILE")
+    if given:
+        return given
+    directory = os.path.join(base_dir({**environ, **values}), ERRORS_DIR)
+    path = os.path.join(directory, f"rank-{rank}.json")
+    with contextlib.suppress(OSError):
+        os.makedirs(directory, exist_ok=True)
+        os.unlink(path)
+    values["TORCHELASTIC_ERROR_FILE"] = path
+    return path
+
+
+def main(argv: Sequence[str] | None = None, stop: Stop | None = None) -> int:
+    stop = stop or Stop().install()
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--"]:
         args = args[1:]
     if not args:
-        print("usage: python -m smtk.launch.rank -- <command ...>", file=sys.stderr)
+        log.write("stderr", "usage: python -m smtk.launch.rank -- <command ...>")
         return 2
-    from smtk import log
-    from smtk.launch import process
+    from smtk import supervisor
 
     who = identity(os.environ)
     values = host_environment(os.environ, who.launcher)
@@ -273,38 +245,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         SMTK_HOST=host,
         SMTK_LAUNCHER=who.launcher,
     )
+    error_file = _error_file(os.environ, values, who.rank)
+    merged = {**os.environ, **values}
+    settings = Settings.from_environ(merged)
     plan = LaunchPlan(
         kind="process", argv=tuple(args), env=values, cwd=os.getcwd(), log_prefix=f"{host}:{who.rank} "
     )
-    stop = process.StopController().install()
-    grace = min(process.settings_grace_period(), RANK_GRACE_PERIOD)
     try:
-        result = process.run(plan, stop=stop, grace_period=grace, tail_lines=40)
+        result = supervisor.run(
+            plan, stop=stop, grace_period=min(settings.grace_period, RANK_GRACE_PERIOD), tail_lines=40
+        )
     except OSError as exc:
-        print(f"{host}:{who.rank} smtk: cannot start {args[0]!r}: {exc.strerror or exc}", file=sys.stderr)
+        log.write("stderr", f"{host}:{who.rank} smtk: cannot start {args[0]!r}: {exc.strerror or exc}")
         return 127
     finally:
         stop.restore()
     if result.exit_status == 0:
         return 0
-    failure = RankFailure(
+    failure = causes.process_failure(
+        returncode=result.returncode,
+        signum=result.signal,
+        stderr_tail=result.stderr_tail,
+        code_dir=os.getcwd(),
+        what=f"rank {who.rank}",
+        error_file=error_file,
         host=host,
         rank=who.rank,
-        local_rank=who.local_rank,
-        exit_status=result.exit_status,
-        signal=result.signal,
-        cause=cause_of(result.stderr_tail, os.getcwd()),
-        stderr_tail=result.stderr_tail[-10:],
         time=time.time(),
-    )
+    ).evolve(extra={"local_rank": who.local_rank})
     if result.stopped_by is None:
         # A rank stopped by its launcher is a consequence, not a cause: only real
         # failures are announced and recorded.
-        print(f"{host}:{who.rank} smtk: rank failed: {failure.describe()}", file=sys.stderr, flush=True)
-        record_failure(base_dir({**os.environ, **values}), failure)
-        from smtk.peers import announce_failure
-
-        announce_failure(asdict(failure), {**os.environ, **values})
+        log.write("stderr", f"{host}:{who.rank} smtk: rank failed: {failure.describe()}")
+        record_failure(base_dir(merged), failure)
+        announce(failure.evolve(detail="", stderr_tail=failure.stderr_tail[-10:]), settings)
     if result.signal is not None:
         signal.signal(result.signal, signal.SIG_DFL)
         os.kill(os.getpid(), result.signal)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 
-from smtk import cluster
 from smtk.entry_point import EntryPoint
 from smtk.environment import Environment
 from smtk.errors import ConfigError
@@ -31,17 +30,12 @@ MAX_RESTARTS_KEY = "smtk_max_restarts"
 def max_restarts(env: Environment) -> int:
     """``smtk_max_restarts`` hyperparameter, else ``SMTK_MAX_RESTARTS``, else 0."""
     value = env.additional_framework_parameters.get(MAX_RESTARTS_KEY)
-    source = "hyperparameters.json"
     if value is None:
-        value = env.environ.get("SMTK_MAX_RESTARTS", "0")
-        source = "SMTK_MAX_RESTARTS"
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        number = -1
-    if number < 0 or isinstance(value, bool):
-        raise ConfigError(source, MAX_RESTARTS_KEY, "an integer >= 0", value)
-    return number
+        return env.settings.max_restarts
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or len(text) > 9:
+        raise ConfigError("hyperparameters.json", MAX_RESTARTS_KEY, "an integer >= 0", value)
+    return int(text)
 
 
 def build_plan(env: Environment, entry: EntryPoint, python: str = sys.executable) -> LaunchPlan:
@@ -59,9 +53,9 @@ def build_plan(env: Environment, entry: EntryPoint, python: str = sys.executable
             "--node-rank",
             str(rank),
             "--master-addr",
-            cluster.address_of(env.master_hostname, env.environ),
+            env.settings.address_of(env.master_hostname),
             "--master-port",
-            str(cluster.master_port(env.environ)),
+            str(env.settings.master_port),
         ]
     argv += [
         "--nproc-per-node",
@@ -78,8 +72,6 @@ def build_plan(env: Environment, entry: EntryPoint, python: str = sys.executable
     if "NCCL_SOCKET_IFNAME" not in env.environ:
         values["NCCL_SOCKET_IFNAME"] = env.network_interface_name
     values["SMTK_NPROC_PER_HOST"] = str(nproc)
-    # Where rank wrappers announce a failure (see smtk.peers.announce_failure).
-    values["SMTK_JOB_HOSTS"] = ",".join(hosts)
     return LaunchPlan(
         kind="torchrun",
         argv=tuple(argv),
@@ -88,11 +80,10 @@ def build_plan(env: Environment, entry: EntryPoint, python: str = sys.executable
         hosts=hosts,
         processes_per_host=nproc,
         log_prefix="",
-        rank_tagged_output=False,
         notes=(
             f"torchrun: host {rank} of {len(hosts)} ({', '.join(hosts)}), {nproc} processes per host",
-            f"master {env.master_hostname} at {cluster.address_of(env.master_hostname, env.environ)}"
-            f":{cluster.master_port(env.environ)}"
+            f"master {env.master_hostname} at {env.settings.address_of(env.master_hostname)}"
+            f":{env.settings.master_port}"
             if len(hosts) > 1
             else "single host: --standalone",
         ),

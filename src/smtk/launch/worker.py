@@ -33,13 +33,18 @@ import shlex
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from smtk import cluster, peers
+from smtk import cluster
 from smtk.environment import Environment
 from smtk.errors import ClusterError
+from smtk.failure import Failure
 from smtk.launch import rank
 from smtk.launch.plan import LaunchPlan
+from smtk.stop import Stop
+
+if TYPE_CHECKING:
+    from smtk.peers import Session
 
 logger = logging.getLogger("smtk")
 
@@ -49,50 +54,40 @@ SSHD_START_TIMEOUT = 15.0
 SSHD_RUN_DIR = "/run/sshd"
 
 
-@dataclass(frozen=True)
-class WorkerOutcome:
-    """The master's outcome as this worker reports it."""
+def run_worker(env: Environment, plan: LaunchPlan, session: Session | None, stop: Stop) -> Failure | None:
+    """Serve mpirun's ranks on this host until the master's run ends; never spawns user code.
 
-    exit_status: int
-    failure_reason: str | None
-
-
-# -- worker side ---------------------------------------------------------------------------
-
-
-def run_worker(env: Environment, plan: LaunchPlan) -> WorkerOutcome:
-    """Serve mpirun's ranks on this host until the master's run ends; never spawns user code."""
-    environ = env.environ
+    ``None`` when the master reported success, else the job's failure as the master
+    reported it (its root cause, host and rank).
+    """
     master = env.master_hostname
-    session = peers.current() or peers.join(env, None, ())
     if session is None:
         raise ClusterError(f"{env.current_host}: an MPI worker needs the job's status channel to the master")
-    rank.write_snapshot(env.paths.root, {**environ, **plan.env})
+    rank.write_snapshot(env.paths.root, {**env.environ, **plan.env})
     rank.clear_failures(env.paths.root)
-    sshd = ensure_sshd(env)
+    sshd = ensure_sshd(env, stop)
     try:
         session.mark_ready()
         logger.info("%s: MPI worker; waiting for the master %s to run the job", env.current_host, master)
-        status, failure = session.wait_master_outcome(cluster.ready_timeout(environ))
+        status, failure = session.wait_master_outcome(env.settings.ready_timeout)
     finally:
         if sshd is not None:
             _stop(sshd)
     if status == 0:
         logger.info("%s: the master %s reported success", env.current_host, master)
-        return WorkerOutcome(0, None)
-    reason = failure.describe() if failure is not None else f"exit status {status}"
-    return WorkerOutcome(status, f"the MPI job failed: {reason}")
+        return None
+    reported = failure or Failure(cause=f"the MPI job failed (exit status {status})", host=master)
+    return reported.evolve(exit_status=status, extra={**reported.extra, "mpi_master_outcome": True})
 
 
-def sshd_command(environ: dict[str, str]) -> list[str]:
+def sshd_command(env: Environment) -> list[str]:
     """``SMTK_SSHD`` (a command line) or ``sshd`` from PATH or ``/usr/sbin/sshd``; run with ``-D -e``."""
-    text = environ.get("SMTK_SSHD", "").strip()
-    if text:
-        command = shlex.split(text)
+    if env.settings.sshd:
+        command = list(env.settings.sshd)
     else:
-        found = shutil.which("sshd", path=environ.get("PATH")) or "/usr/sbin/sshd"
+        found = shutil.which("sshd", path=env.environ.get("PATH")) or "/usr/sbin/sshd"
         command = [found]
-    port = cluster.ssh_port(environ)
+    port = env.settings.ssh_port
     if port != cluster.DEFAULT_SSH_PORT:
         command += ["-p", str(port)]
     return [*command, "-D", "-e"]
@@ -103,17 +98,17 @@ def _local_address(env: Environment) -> str:
     return "127.0.0.1" if address == "0.0.0.0" else address
 
 
-def ensure_sshd(env: Environment) -> subprocess.Popen[bytes] | None:
+def ensure_sshd(env: Environment, stop: Stop) -> subprocess.Popen[bytes] | None:
     """Check that sshd accepts connections here; start it when it does not.
 
     Returns the sshd we started (stopped when the worker ends), or ``None``.
     """
-    port = cluster.ssh_port(env.environ)
+    port = env.settings.ssh_port
     local = cluster.Peer(_local_address(env), port, "sshd")
-    if cluster.probe(local, {}) is None:
+    if cluster.probe(local, env.settings) is None:
         logger.info("%s: sshd is already listening on port %d", env.current_host, port)
         return None
-    command = sshd_command(env.environ)
+    command = sshd_command(env)
     if not os.path.exists(command[0]) and shutil.which(command[0]) is None:
         raise ClusterError(
             f"{env.current_host}: MPI needs an ssh server on every worker, but {command[0]!r} does not exist",
@@ -143,9 +138,11 @@ def ensure_sshd(env: Environment) -> subprocess.Popen[bytes] | None:
                 f"{message.splitlines()[-1] if message else 'no message'}",
                 hint="sshd needs host keys (ssh-keygen -A) and /run/sshd",
             )
-        if cluster.probe(local, {}) is None:
+        if cluster.probe(local, env.settings) is None:
             return proc
-        time.sleep(delay)
+        if stop.wait(delay):
+            _stop(proc)
+            stop.check("starting sshd for the MPI master")
         delay = min(delay * 2, 0.5)
     _stop(proc)
     raise ClusterError(

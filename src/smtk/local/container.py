@@ -13,9 +13,10 @@ The host's job tree is bind-mounted at ``/opt/ml``, part by part (``input``, ``m
 ships its code in ``/opt/ml/code`` keeps it); the container runs ``train`` (the image's
 ``ENTRYPOINT ["train"]`` gets ``train`` as its argument, as on the platform, where smtk's
 ``train`` accepts and ignores it). Output streams straight to this process's
-stdout/stderr; the exit status is the container's. SIGTERM/SIGINT received here are
-forwarded to the container (``<engine> kill --signal``); if it has not exited
-``stop_timeout`` seconds later, or on a second signal, it is killed. With
+stdout/stderr (masked, through :mod:`smtk.log`); the exit status is the container's. It
+runs under the :mod:`smtk.supervisor`: SIGTERM/SIGINT received here are forwarded to the
+container (``<engine> kill --signal``); if it has not exited ``stop_timeout`` seconds
+later, or on a second signal, it is killed. With
 ``max_runtime`` (the job's ``MaxRuntimeInSeconds``), the container gets the same SIGTERM
 once that many seconds have passed, as the platform does.
 
@@ -44,11 +45,12 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from types import FrameType
-from typing import Any
 
+from smtk import log
 from smtk.errors import ConfigError
-from smtk.redact import redact_argv, secret_values
+from smtk.settings import Settings
+from smtk.stop import Stop
+from smtk.supervisor import Supervisor, prefixed
 
 logger = logging.getLogger("smtk")
 
@@ -72,7 +74,7 @@ def find_engine(environ: Mapping[str, str] | None = None) -> str | None:
     not count.
     """
     env = os.environ if environ is None else environ
-    configured = env.get(ENGINE_ENV, "").strip()
+    configured = Settings.from_environ(env).container_engine
     for candidate in (configured,) if configured else ENGINES:
         path = shutil.which(candidate, path=env.get("PATH"))
         if path is not None and _answers(path, env):
@@ -99,12 +101,7 @@ def _answers(path: str, environ: Mapping[str, str]) -> bool:
 
 def engine_args(environ: Mapping[str, str] | None = None) -> list[str]:
     """The extra ``run`` options from ``SMTK_CONTAINER_ARGS`` (shell-style split)."""
-    env = os.environ if environ is None else environ
-    raw = env.get(ARGS_ENV, "")
-    try:
-        return shlex.split(raw)
-    except ValueError as exc:
-        raise ConfigError(ARGS_ENV, None, "options split like a shell command line", raw) from exc
+    return list(Settings.from_environ(os.environ if environ is None else environ).container_args)
 
 
 def tree_mounts(host_root: str) -> list[tuple[str, str]]:
@@ -158,20 +155,39 @@ def run_in_container(
     stop_timeout: int = 120,
     max_runtime: float | None = None,
     extra_args: Sequence[str] = (),
+    stop: Stop | None = None,
 ) -> int:
     """Run ``IMAGE train`` with ``host_root`` as ``/opt/ml``; returns the container's exit status.
 
     ``environ`` is the job's environment inside the container (only these variables are
     passed). ``engine`` defaults to :func:`find_engine`; ``extra_args`` are more ``run``
-    options (mounts, ``--network``, ``--gpus``), after ``SMTK_CONTAINER_ARGS``. Must be
-    called from the main thread when SIGTERM/SIGINT are to be forwarded. ``max_runtime``:
-    seconds after which the container is stopped like on SIGTERM.
+    options (mounts, ``--network``, ``--gpus``), after ``SMTK_CONTAINER_ARGS``. ``stop``
+    (SIGTERM/SIGINT received here) is forwarded to the container through the engine;
+    ``max_runtime``: seconds after which the container is stopped like on SIGTERM.
     """
     if not os.path.isdir(host_root):
         raise ConfigError("run_in_container", "host_root", "an existing job tree directory", host_root)
-    path = engine or find_engine()
+    if stop is None and threading.current_thread() is threading.main_thread():
+        # Called as a library without a stop: record SIGTERM/SIGINT for the time of the run.
+        own = Stop().install()
+        try:
+            return run_in_container(
+                image,
+                host_root,
+                environ=environ,
+                engine=engine,
+                name=name,
+                stop_timeout=stop_timeout,
+                max_runtime=max_runtime,
+                extra_args=extra_args,
+                stop=own,
+            )
+        finally:
+            own.restore()
+    stop = stop or Stop()
+    path = engine or stop.call(find_engine, during="looking for a container engine")
     if path is None:
-        wanted = os.environ.get(ENGINE_ENV) or " or ".join(ENGINES)
+        wanted = Settings.from_environ(os.environ).container_engine or " or ".join(ENGINES)
         raise ConfigError(
             ENGINE_ENV,
             None,
@@ -191,42 +207,33 @@ def run_in_container(
         extra_args=extra_args,
     )
     # Values never are on argv, but SMTK_CONTAINER_ARGS may carry an option with a secret.
-    logger.info("container: %s", shlex.join(redact_argv(argv, secret_values(os.environ, environ))))
-    forwarder = _Forwarder(path, container, stop_timeout)
-    with forwarder:
-        # The engine's own session: a terminal's Ctrl-C reaches only smtk, which forwards it
-        # once (the engine CLI would proxy it a second time otherwise).
-        child = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, env={**os.environ, **environ}, start_new_session=True
-        )
-        try:
-            status = _wait(child, forwarder, max_runtime)
-        finally:
-            forwarder.finished.set()
-    if forwarder.signals:
+    logger.info("container: %s", shlex.join(log.masker().mask_argv(argv)))
+    signaller = _EngineSignaller(path, container)
+    supervisor = Supervisor(
+        stop=stop, grace=stop_timeout, grace_setting="the container's stop timeout", max_runtime=max_runtime
+    )
+    # The engine's own session: a terminal's Ctrl-C reaches only smtk, which forwards it
+    # once through the engine (the engine CLI would proxy it a second time otherwise).
+    supervisor.start(
+        "container",
+        argv,
+        env={**os.environ, **environ},
+        sink=prefixed(""),
+        signaller=signaller.send,
+        progress_interval=0.0,
+    )
+    try:
+        result = supervisor.wait()["container"]
+    finally:
+        signaller.finished.set()
+    if result.stopped_by is not None:
         logger.info(
             "container %s stopped after %s: exit status %d",
             container,
-            signal.Signals(forwarder.signals[0]).name,
-            status,
+            signal.Signals(result.stopped_by).name,
+            result.exit_status,
         )
-    return status
-
-
-def _wait(child: subprocess.Popen[bytes], forwarder: _Forwarder, max_runtime: float | None) -> int:
-    """The container's exit status; past ``max_runtime`` it is stopped as on SIGTERM."""
-    if max_runtime is None:
-        return child.wait()
-    try:
-        return child.wait(timeout=max_runtime)
-    except subprocess.TimeoutExpired:
-        logger.warning(
-            "smtk local: maximum runtime of %.0f s reached: stopping container %s (SIGTERM)",
-            max_runtime,
-            forwarder.container,
-        )
-        forwarder.request(signal.SIGTERM)
-        return child.wait()
+    return result.exit_status
 
 
 def _current_host(host_root: str) -> str | None:
@@ -243,57 +250,25 @@ def _current_host(host_root: str) -> str | None:
         return None
 
 
-class _Forwarder:
-    """Forwards SIGTERM/SIGINT to a running container; kills it after a grace period."""
+class _EngineSignaller:
+    """Sends signals to a running container through ``<engine> kill --signal`` (in a thread:
+    the engine CLI may take a while, and the supervisor's loop must not wait for it)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
     #: Attempts (one second apart) at signalling a container the engine has not created yet.
     ATTEMPTS = 10
 
-    def __init__(self, engine: str, container: str, grace: int) -> None:
+    def __init__(self, engine: str, container: str) -> None:
         self.engine = engine
         self.container = container
-        self.grace = grace
-        self.signals: list[int] = []
         self.finished = threading.Event()
-        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _Forwarder:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        previous = self._previous.get(signum)
-        if callable(previous) and previous is not signal.default_int_handler:
-            # Chain to a recording handler (smtk local's StopController) so it sees the stop too.
-            previous(signum, frame)
-        self.request(signum)
-
-    def request(self, signum: int) -> None:
-        """Stop the container as on ``signum`` (a second request kills it)."""
-        self.signals.append(signum)
-        # The engine CLI may take a while: never block the main thread's wait() in a handler.
-        threading.Thread(target=self._stop, args=(signum, len(self.signals) == 1), daemon=True).start()
-
-    def _stop(self, signum: int, first: bool) -> None:
-        if first:
-            name = signal.Signals(signum).name
-            logger.info("forwarding %s to container %s (killed after %d s)", name, self.container, self.grace)
-            self._kill(name)
-            if self.finished.wait(self.grace):
-                return
-            logger.warning("container %s still running after %d s: killing it", self.container, self.grace)
-        self._kill("KILL")
+    def send(self, signum: int) -> None:
+        name = "KILL" if signum == signal.SIGKILL else signal.Signals(signum).name
+        threading.Thread(target=self._kill, args=(name,), name="smtk-engine-kill", daemon=True).start()
 
     def _kill(self, signame: str) -> None:
         argv = [self.engine, "kill", "--signal", signame, self.container]
+        done: subprocess.CompletedProcess[bytes] | None = None
         for _ in range(self.ATTEMPTS):
             try:
                 done = subprocess.run(
@@ -312,8 +287,9 @@ class _Forwarder:
             # Not created yet (the signal came right after start), or already gone.
             if self.finished.wait(1.0):
                 return
-        logger.warning(
-            "could not signal container %s: %s",
-            self.container,
-            done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}",
-        )
+        if done is not None:
+            logger.warning(
+                "could not signal container %s: %s",
+                self.container,
+                done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}",
+            )

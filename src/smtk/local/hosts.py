@@ -22,35 +22,29 @@ rank wrapper already wrote ``algo-2:N``). When one host fails, the others get
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import IO
 
-from smtk import settings
+from smtk import log
 from smtk.errors import ConfigError
-from smtk.launch.process import StopController
+from smtk.lines import LineSink
+from smtk.settings import Settings, is_set
+from smtk.stop import Stop
+from smtk.supervisor import Child, Supervisor
 
 logger = logging.getLogger("smtk")
 
-DEFAULT_PEER_GRACE = 30.0
+#: Seconds a host's train gets between the SIGTERM another host's failure causes and SIGKILL.
 _KILL_GRACE = 10.0
 
 
-def _mode(environ: Mapping[str, str]) -> str:
-    chosen = environ.get("SMTK_LOCAL_HOSTS", "auto").strip().lower() or "auto"
-    if chosen not in ("auto", "netns", "loopback"):
-        raise ConfigError("SMTK_LOCAL_HOSTS", None, "'auto', 'netns' or 'loopback'", chosen)
+def _mode(settings: Settings) -> str:
+    chosen = settings.local_hosts
     if chosen != "auto":
         return chosen
     from smtk.local import netns
@@ -76,9 +70,9 @@ def run_hosts(
     host_roots: Mapping[str, str],
     environ: Mapping[str, str],
     *,
-    out: IO[str] | None = None,
+    sink: LineSink | None = None,
     train: Sequence[str] | None = None,
-    stop: StopController | None = None,
+    stop: Stop | None = None,
     max_runtime: float | None = None,
     stop_grace: float = 120.0,
 ) -> dict[str, int]:
@@ -88,11 +82,13 @@ def run_hosts(
     as is a SIGTERM once ``max_runtime`` seconds have passed (the platform's
     MaxRuntimeInSeconds); hosts still running ``stop_grace`` seconds later are killed.
     """
-    control = _Control(stop or StopController(), max_runtime, stop_grace)
-    command = list(train or [sys.executable, "-m", "smtk.train"])
-    stream = out or sys.stdout
+    settings = Settings.from_environ(environ)
+    command = list(train or [sys.executable, "-c", "import smtk.cli; smtk.cli.train_console()"])
     hosts = list(host_roots)
-    mode = _mode(environ)
+    mode = _mode(settings)
+    supervisor = Supervisor(
+        stop=stop, grace=stop_grace, grace_setting="smtk local's stop grace", max_runtime=max_runtime
+    )
     if mode == "netns":
         from smtk.local.netns import Namespaces
 
@@ -105,7 +101,9 @@ def run_hosts(
                     "smtk local: %d hosts in network namespaces (%s)", len(hosts), spaces.subnet + ".0/24"
                 )
                 envs = {host: {**environ, "SAGEMAKER_BASE_DIR": spaces.mount_point} for host in hosts}
-                return _supervise(hosts, lambda h: spaces.command(h, command), envs, environ, stream, control)
+                return _supervise(
+                    supervisor, hosts, lambda h: spaces.command(h, command), envs, settings, sink
+                )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     if _uses_mpi(host_roots[hosts[0]]):
@@ -116,131 +114,69 @@ def run_hosts(
             "<not root, or ip netns unavailable>",
             hint="run as root with iproute2 installed, or use torchrun (sagemaker_torch_distributed_enabled)",
         )
-    addresses = {host: f"127.0.0.{i + 2}" for i, host in enumerate(hosts)}
+    addresses = ",".join(f"{host}=127.0.0.{i + 2}" for i, host in enumerate(hosts))
     shared = {
-        "SMTK_HOST_ADDRESSES": ",".join(f"{h}={a}" for h, a in addresses.items()),
-        "SMTK_MASTER_PORT": environ.get("SMTK_MASTER_PORT") or str(_free_port()),
-        "SMTK_STATUS_PORT": environ.get("SMTK_STATUS_PORT") or str(_free_port()),
+        "SMTK_HOST_ADDRESSES": addresses,
+        "SMTK_MASTER_PORT": str(
+            settings.master_port if is_set(environ, "SMTK_MASTER_PORT") else _free_port()
+        ),
+        "SMTK_STATUS_PORT": str(
+            settings.status_port if is_set(environ, "SMTK_STATUS_PORT") else _free_port()
+        ),
         "GLOO_SOCKET_IFNAME": environ.get("GLOO_SOCKET_IFNAME", "lo"),
         "NCCL_SOCKET_IFNAME": environ.get("NCCL_SOCKET_IFNAME", "lo"),
     }
-    logger.info(
-        "smtk local: %d hosts as processes on loopback (%s)", len(hosts), shared["SMTK_HOST_ADDRESSES"]
-    )
+    logger.info("smtk local: %d hosts as processes on loopback (%s)", len(hosts), addresses)
     envs = {host: {**environ, **shared, "SAGEMAKER_BASE_DIR": host_roots[host]} for host in hosts}
-    return _supervise(hosts, lambda h: command, envs, environ, stream, control)
+    return _supervise(supervisor, hosts, lambda h: command, envs, settings, sink)
 
 
-@dataclass
-class _Control:
-    """How the supervisor is told to stop: signals, the maximum runtime, the kill deadline."""
+def host_sink(host: str, sink: LineSink | None = None) -> LineSink:
+    """Lines of one host's ``train``, prefixed ``algo-2 | `` (unless a rank wrapper already
+    wrote ``algo-2:N``), to ``sink`` or our stdout (masked)."""
+    tagged = f"{host}:"
 
-    stop: StopController
-    max_runtime: float | None
-    stop_grace: float
-    started: float = field(default_factory=time.monotonic)
-    forwarded: int = 0
-    timed_out: bool = False
+    def emit(_stream: str, line: str) -> None:
+        text = line if line.startswith(tagged) else f"{host} | {line}"
+        if sink is not None:
+            sink("stdout", text)
+        else:
+            log.write("stdout", text)
 
-    def new_signals(self, now: float) -> list[int]:
-        if self.max_runtime is not None and not self.timed_out and now - self.started >= self.max_runtime:
-            self.timed_out = True
-            logger.warning(
-                "smtk local: maximum runtime of %.0f s reached: stopping every host", self.max_runtime
-            )
-            self.stop.request(signal.SIGTERM)
-        fresh = self.stop.received[self.forwarded :]
-        self.forwarded = len(self.stop.received)
-        return fresh
-
-
-def _peer_grace(environ: Mapping[str, str]) -> float:
-    return settings.number(environ, "SMTK_LOCAL_PEER_GRACE", DEFAULT_PEER_GRACE)
+    return emit
 
 
 def _supervise(
+    supervisor: Supervisor,
     hosts: list[str],
     command_for: Callable[[str], list[str]],
     envs: Mapping[str, Mapping[str, str]],
-    environ: Mapping[str, str],
-    out: IO[str],
-    control: _Control,
+    settings: Settings,
+    sink: LineSink | None,
 ) -> dict[str, int]:
-    lock = threading.Lock()
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    pumps: list[threading.Thread] = []
     for host in hosts:
-        proc = subprocess.Popen(
+        supervisor.start(
+            host,
             command_for(host),
-            env=dict(envs[host]),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            env=envs[host],
+            sink=host_sink(host, sink),
+            merge_stderr=True,
+            tail_lines=20,
         )
-        procs[host] = proc
-        thread = threading.Thread(target=_pump, args=(host, proc, out, lock), daemon=True)
-        thread.start()
-        pumps.append(thread)
-    statuses = _wait(procs, _peer_grace(environ), control)
-    for thread in pumps:
-        thread.join(5.0)
-    return statuses
+    grace = settings.local_peer_grace
+    failed: list[str] = []
 
+    def stop_the_others() -> None:
+        supervisor.stop_children(
+            signal.SIGTERM, kill_after=_KILL_GRACE, reason=f"smtk local: {failed[0]} failed {grace:.0f} s ago"
+        )
 
-def _pump(host: str, proc: subprocess.Popen[bytes], out: IO[str], lock: threading.Lock) -> None:
-    assert proc.stdout is not None
-    tagged = f"{host}:"
-    for raw in proc.stdout:
-        line = raw.decode(errors="replace").rstrip("\n")
-        text = line if line.startswith(tagged) else f"{host} | {line}"
-        with lock, contextlib.suppress(OSError, ValueError):
-            out.write(text + "\n")
-            out.flush()
+    def on_exit(child: Child) -> None:
+        status = child.result().exit_status
+        if status != 0 and not failed:
+            failed.append(child.name)
+            logger.warning("smtk local: %s failed; other hosts get %.0f s to finish", child.name, grace)
+            supervisor.after(grace, stop_the_others)
 
-
-def _wait(procs: Mapping[str, subprocess.Popen[bytes]], grace: float, control: _Control) -> dict[str, int]:
-    statuses: dict[str, int] = {}
-    stop_at: float | None = None
-    kill_at: float | None = None
-    try:
-        while len(statuses) < len(procs):
-            for signum in control.new_signals(time.monotonic()):
-                for host, proc in procs.items():
-                    if host not in statuses:
-                        _signal(proc, signum)
-                if kill_at is None:
-                    kill_at = time.monotonic() + control.stop_grace
-            for host, proc in procs.items():
-                if host not in statuses and proc.poll() is not None:
-                    statuses[host] = _status(proc.returncode)
-                    if statuses[host] != 0 and stop_at is None:
-                        stop_at = time.monotonic() + grace
-                        logger.warning("smtk local: %s failed; other hosts get %.0f s to finish", host, grace)
-            now = time.monotonic()
-            if stop_at is not None and now >= stop_at and kill_at is None:
-                kill_at = now + _KILL_GRACE
-                for host, proc in procs.items():
-                    if host not in statuses:
-                        logger.warning("smtk local: stopping %s (SIGTERM)", host)
-                        _signal(proc, signal.SIGTERM)
-            if kill_at is not None and now >= kill_at:
-                for host, proc in procs.items():
-                    if host not in statuses:
-                        _signal(proc, signal.SIGKILL)
-            time.sleep(0.05)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                _signal(proc, signal.SIGKILL)
-                proc.wait()
-    return statuses
-
-
-def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signum)
-
-
-def _status(returncode: int) -> int:
-    return 128 - returncode if returncode < 0 else returncode
+    results = supervisor.wait(on_exit)
+    return {host: result.exit_status for host, result in results.items()}

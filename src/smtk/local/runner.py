@@ -1,6 +1,6 @@
 """Running a :class:`~smtk.local.spec.JobSpec` on this machine and summarising the outcome.
 
-One host runs ``train`` as a child process (through :mod:`smtk.launch.process`, so
+One host runs ``train`` as a child process (through :mod:`smtk.supervisor`, so
 SIGINT/SIGTERM reach it and the maximum runtime is enforced with SIGTERM, as the
 platform does). Several hosts run through :mod:`smtk.local.hosts`; ``--image`` runs
 ``IMAGE train`` through :mod:`smtk.local.container`. Pipe channels get a feeder per
@@ -16,12 +16,18 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
+from smtk import log, report
+from smtk.failure import Failure, Outcome, Success, root_cause
+from smtk.files import read_text
 from smtk.launch.plan import LaunchPlan
-from smtk.launch.process import StopController, run, settings_grace_period
 from smtk.local.layout import HostTree, lay_out
 from smtk.local.spec import ChannelSpec, JobSpec
+from smtk.paths import Paths
+from smtk.settings import Settings
+from smtk.stop import Stop
+from smtk.supervisor import run
 
 if TYPE_CHECKING:
     from smtk.pipefeed import PipeFeeder
@@ -30,15 +36,35 @@ logger = logging.getLogger("smtk")
 
 #: Pipe channels are fed for as many epochs as the job opens (the platform has no limit).
 UNLIMITED_EPOCHS = 1_000_000
+#: How ``smtk local`` starts a host's ``train``: through the console entry point, which
+#: installs the stop before anything else (a stop forwarded at once is never lost).
+TRAIN_COMMAND = (sys.executable, "-c", "import smtk.cli; smtk.cli.train_console()")
 #: Extra seconds ``smtk local`` waits beyond train's own grace period before SIGKILL.
 GRACE_MARGIN = 20.0
 
 
 @dataclass(frozen=True)
-class HostOutcome:
+class HostRun:
+    """How one host's ``train`` ended: its status, and the failure record it wrote."""
+
     host: str
     root: str
     exit_status: int
+    #: The record from the host's ``output/failure.json`` (or one made from its status).
+    outcome: Outcome
+
+    @classmethod
+    def of(cls, host: str, root: str, exit_status: int) -> HostRun:
+        if exit_status == 0:
+            return cls(host, root, 0, Success(host=host))
+        found = report.read_failure(Paths.at(root))
+        if found is None:
+            found = Failure(
+                cause=f"train exited with status {exit_status} without writing output/failure.json",
+                exit_status=exit_status,
+                host=host,
+            )
+        return cls(host, root, exit_status, found)
 
 
 def train_environment(spec: JobSpec, tree: HostTree, environ: Mapping[str, str]) -> dict[str, str]:
@@ -103,36 +129,36 @@ def run_job(
     spec: JobSpec,
     job_dir: str,
     *,
-    stop: StopController | None = None,
+    stop: Stop | None = None,
     environ: Mapping[str, str] | None = None,
     pipe_epochs: int | None = None,
-    out: IO[str] | None = None,
 ) -> int:
     """Lay out, run and summarise ``spec``; returns the job's exit status."""
     env = dict(os.environ if environ is None else environ)
+    settings = Settings.from_environ(env)
     started = time.monotonic()
     trees = lay_out(spec, job_dir, env, container=spec.image is not None)
     logger.info("job %s: %d host(s) under %s", spec.job_name, len(trees), os.path.abspath(job_dir))
     feeders = _start_feeders(spec, trees, env, pipe_epochs)
     try:
         if spec.image is not None:
-            outcomes = _run_in_containers(spec, trees, env)
+            outcomes = _run_in_containers(spec, trees, env, stop)
         elif len(trees) == 1:
-            outcomes = [_run_one(spec, trees[0], env, stop)]
+            outcomes = [_run_one(spec, trees[0], env, stop, settings)]
         else:
-            outcomes = _run_hosts(spec, trees, env, stop)
+            outcomes = _run_hosts(spec, trees, env, stop, settings)
     finally:
         _stop_feeders(feeders)
-    print_summary(spec, outcomes, time.monotonic() - started, out or sys.stdout)
+    log.write("stdout", summary(spec, outcomes, time.monotonic() - started))
     return _job_status(outcomes)
 
 
 def _run_one(
-    spec: JobSpec, tree: HostTree, environ: Mapping[str, str], stop: StopController | None
-) -> HostOutcome:
+    spec: JobSpec, tree: HostTree, environ: Mapping[str, str], stop: Stop | None, settings: Settings
+) -> HostRun:
     plan = LaunchPlan(
         kind="process",
-        argv=(sys.executable, "-m", "smtk.train"),
+        argv=TRAIN_COMMAND,
         env=train_environment(spec, tree, environ),
         cwd=os.getcwd(),
         hosts=(tree.host,),
@@ -141,15 +167,15 @@ def _run_one(
         plan,
         stop=stop,
         max_runtime=spec.max_runtime,
-        grace_period=settings_grace_period() + GRACE_MARGIN,
+        grace_period=settings.grace_period + GRACE_MARGIN,
         progress_interval=0.0,
     )
-    return HostOutcome(tree.host, tree.root, result.exit_status)
+    return HostRun.of(tree.host, tree.root, result.exit_status)
 
 
 def _run_hosts(
-    spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str], stop: StopController | None
-) -> list[HostOutcome]:
+    spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str], stop: Stop | None, settings: Settings
+) -> list[HostRun]:
     from smtk.local.hosts import run_hosts
 
     roots = {tree.host: tree.root for tree in trees}
@@ -160,12 +186,14 @@ def _run_hosts(
         base,
         stop=stop,
         max_runtime=spec.max_runtime,
-        stop_grace=settings_grace_period() + GRACE_MARGIN,
+        stop_grace=settings.grace_period + GRACE_MARGIN,
     )
-    return [HostOutcome(tree.host, tree.root, statuses.get(tree.host, 1)) for tree in trees]
+    return [HostRun.of(tree.host, tree.root, statuses.get(tree.host, 1)) for tree in trees]
 
 
-def _run_in_containers(spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str]) -> list[HostOutcome]:
+def _run_in_containers(
+    spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str], stop: Stop | None
+) -> list[HostRun]:
     from smtk.local.container import run_in_container
 
     if len(trees) > 1:
@@ -181,24 +209,36 @@ def _run_in_containers(spec: JobSpec, trees: list[HostTree], environ: Mapping[st
     if spec.source_dir:
         shutil.copytree(spec.source_dir, os.path.join(tree.root, "code"), dirs_exist_ok=True, symlinks=True)
     status = run_in_container(
-        spec.image or "", tree.root, environ=container_env, max_runtime=spec.max_runtime, extra_args=mounts
+        spec.image or "",
+        tree.root,
+        environ=container_env,
+        max_runtime=spec.max_runtime,
+        extra_args=mounts,
+        stop=stop,
     )
-    return [HostOutcome(tree.host, tree.root, status)]
+    return [HostRun.of(tree.host, tree.root, status)]
 
 
-def _job_status(outcomes: list[HostOutcome]) -> int:
+def root_failure(outcomes: list[HostRun]) -> Failure | None:
+    """The job's root cause among the hosts' failure records (earliest root cause first)."""
+    return root_cause(o.outcome for o in outcomes if isinstance(o.outcome, Failure))
+
+
+def _job_status(outcomes: list[HostRun]) -> int:
+    root = root_failure(outcomes)
+    if root is None:
+        return 0
     for outcome in outcomes:
-        if outcome.exit_status != 0:
+        if outcome.outcome is root:
             return outcome.exit_status
-    return 0
+    return root.exit_status
 
 
 def _first_line(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.readline().strip() or "(empty failure file)"
-    except OSError:
+    text = read_text(path, 64 * 1024)
+    if text is None:
         return None
+    return (text.splitlines() or [""])[0].strip() or "(empty failure file)"
 
 
 def _listing(directory: str, limit: int = 6) -> str:
@@ -212,13 +252,17 @@ def _listing(directory: str, limit: int = 6) -> str:
     return shown + (f", ... ({len(names)} entries)" if len(names) > limit else "")
 
 
-def print_summary(spec: JobSpec, outcomes: list[HostOutcome], seconds: float, out: IO[str]) -> None:
+def summary(spec: JobSpec, outcomes: list[HostRun], seconds: float) -> str:
+    """The lines printed at the end of ``smtk local``: verdict, root cause, each host's files."""
     status = _job_status(outcomes)
+    root = root_failure(outcomes)
     verdict = "succeeded" if status == 0 else f"failed (exit status {status})"
     lines = [
         "",
         f"smtk local: job {spec.job_name!r} {verdict} in {seconds:.1f} s on {len(outcomes)} host(s)",
     ]
+    if root is not None and len(outcomes) > 1:
+        lines.append(f"  root cause: {root.describe()}")
     for outcome in outcomes:
         output = os.path.join(outcome.root, "output")
         state = "success" if outcome.exit_status == 0 else f"failure, exit status {outcome.exit_status}"
@@ -232,5 +276,4 @@ def print_summary(spec: JobSpec, outcomes: list[HostOutcome], seconds: float, ou
         if reason is not None:
             lines.append(f"    failure:     {os.path.join(output, 'failure')}")
             lines.append(f"                 {reason}")
-    out.write("\n".join(lines) + "\n")
-    out.flush()
+    return "\n".join(lines)

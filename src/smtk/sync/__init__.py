@@ -16,16 +16,17 @@
 
 Modules: :mod:`~smtk.sync.watcher` (inotify and scans), :mod:`~smtk.sync.uploader`
 (queue, threads, retries, multipart), :mod:`~smtk.sync.checkpoints` (restore),
-:mod:`~smtk.sync.service` (start/stop), :mod:`~smtk.sync.settings` (``SMTK_SYNC_*``).
+:mod:`~smtk.sync.service` (start/stop); the ``SMTK_SYNC_*`` settings are
+:class:`~smtk.settings.SyncSettings`.
 Importing this package imports neither boto3 nor inotify_simple.
 """
 
 from __future__ import annotations
 
+from smtk.settings import SyncSettings
 from smtk.sync.checkpoints import restore_checkpoints
 from smtk.sync.results import RestoreReport, SyncReport, TargetCounts
 from smtk.sync.service import SyncHandle, start_sync
-from smtk.sync.settings import SyncSettings
 
 __all__ = [
     "RestoreReport",

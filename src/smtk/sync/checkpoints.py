@@ -32,11 +32,11 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from smtk.errors import SyncError
-from smtk.redact import redact_text
 from smtk.s3 import S3Uri, parse_s3_uri
+from smtk.settings import SyncSettings
+from smtk.stop import Stop
 from smtk.sync.results import RestoreReport
 from smtk.sync.retry import RetryPolicy, describe
-from smtk.sync.settings import SyncSettings
 from smtk.sync.uploader import Signature, signature
 
 if TYPE_CHECKING:
@@ -73,12 +73,13 @@ def client_environ(env: Environment) -> dict[str, str]:
     return environ
 
 
-def restore_checkpoints(env: Environment) -> RestoreReport | None:
+def restore_checkpoints(env: Environment, stop: Stop | None = None) -> RestoreReport | None:
     """Download the checkpoints of an earlier run into ``LocalPath`` (see module docs).
 
-    ``None`` when checkpoint sync is off or there is no ``S3Uri``.
+    ``None`` when checkpoint sync is off or there is no ``S3Uri``. After a stop no
+    further file is started (the caller's :meth:`~smtk.stop.Stop.call` has returned).
     """
-    settings = SyncSettings.from_environ(env.environ)
+    settings = env.settings.sync
     source = checkpoint_source(env, settings)
     if source is None:
         return None
@@ -128,6 +129,8 @@ def restore_checkpoints(env: Environment) -> RestoreReport | None:
     def download(item: tuple[str, str, int]) -> None:
         nonlocal total_bytes
         key, rel, size = item
+        if stop is not None and stop.requested:
+            return
         dest = os.path.join(root, *rel.split("/"))
         try:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -135,7 +138,7 @@ def restore_checkpoints(env: Environment) -> RestoreReport | None:
             sig = signature(os.stat(dest))
         except Exception as exc:
             with lock:
-                errors.append(redact_text(f"s3://{uri.bucket}/{key}: {describe(exc)}"))
+                errors.append(f"s3://{uri.bucket}/{key}: {describe(exc)}")
             return
         with lock:
             done[rel] = sig
@@ -174,7 +177,7 @@ def _list(client: Any, policy: RetryPolicy, bucket: str, prefix: str) -> list[tu
         return policy.call(list_all)
     except Exception as exc:
         raise SyncError(
-            redact_text(f"cannot list checkpoints at s3://{bucket}/{prefix}: {describe(exc)}"),
+            f"cannot list checkpoints at s3://{bucket}/{prefix}: {describe(exc)}",
             hint="check checkpointconfig.json S3Uri and the job's S3 permissions",
         ) from None
 

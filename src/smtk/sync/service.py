@@ -32,14 +32,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from smtk.errors import SyncError
-from smtk.redact import secret_values
 from smtk.s3 import parse_s3_uri
+from smtk.settings import SyncSettings
 from smtk.sync.checkpoints import checkpoint_source, client_environ, restored_signatures
 from smtk.sync.results import SyncReport
-from smtk.sync.settings import SyncSettings
 from smtk.sync.uploader import Target, Uploader
 from smtk.sync.watcher import TreeWatcher
 
@@ -70,24 +70,32 @@ class SyncHandle:
         """Whether any tree is (also) being scanned periodically."""
         return any(w.polling for w in self._watchers)
 
-    def stop(self, timeout: float | None = None) -> SyncReport:
+    def stop(
+        self, timeout: float | None = None, *, deadline: Callable[[float, float], float] | None = None
+    ) -> SyncReport:
         """Flush what is pending within ``timeout`` seconds (default ``SMTK_SYNC_FLUSH_SECONDS``).
 
-        Never raises for upload problems and never waits longer than ``timeout`` (plus
-        the moment it takes to list a tree). Calling it again returns the same report.
+        ``deadline(started, budget)``, when given, is asked twice a second when the flush
+        must end (``train`` brings it forward when a stop arrives during the flush).
+        Never raises for upload problems and never waits past the deadline (plus the
+        moment it takes to list a tree). Calling it again returns the same report.
         """
         with self._lock:
             if self._report is not None:
                 return self._report
             budget = self.settings.flush_seconds if timeout is None else max(0.0, timeout)
             started = time.monotonic()
-            deadline = started + budget
+
+            def until() -> float:
+                return deadline(started, budget) if deadline is not None else started + budget
+
+            deadline_now = until()
             for watcher in self._watchers:
                 try:
-                    watcher.finish(deadline)
+                    watcher.finish(deadline_now)
                 except Exception:
                     log.exception("error while stopping the %s watcher", watcher.name)
-            drained = self._uploader.flush(deadline)
+            drained = self._uploader.flush(until)
             abandoned = set() if drained else self._uploader.outstanding()
             if drained:
                 self._uploader.close()
@@ -109,7 +117,9 @@ class SyncHandle:
             )
             if not drained:
                 log.warning(
-                    "S3 sync flush did not finish within %.1f s: %d files abandoned", budget, len(abandoned)
+                    "S3 sync flush did not finish within %.1f s: %d files abandoned",
+                    time.monotonic() - started,
+                    len(abandoned),
                 )
             return self._report
 
@@ -163,14 +173,12 @@ def start_sync(env: Environment) -> SyncHandle | None:
     value and :class:`~smtk.errors.SyncError` when a directory cannot be created;
     upload failures never raise (they are in the report).
     """
-    settings = SyncSettings.from_environ(env.environ)
+    settings = env.settings.sync
     targets = sync_targets(env, settings)
     if not targets:
         return None
     environ = client_environ(env)
-    uploader = Uploader(
-        targets, settings, environ, secrets=tuple(secret_values(environ, env.raw_hyperparameters))
-    )
+    uploader = Uploader(targets, settings, environ)
     for index, target in enumerate(targets):
         if target.name == "checkpoints":
             for rel, sig in restored_signatures(target.root).items():

@@ -39,15 +39,14 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from smtk.redact import redact_text
+from smtk.settings import SyncSettings
 from smtk.sync.results import TargetCounts
 from smtk.sync.retry import Aborted, RetryPolicy, describe, error_code, is_transient
-from smtk.sync.settings import SyncSettings
 
 if TYPE_CHECKING:
     from smtk.sync.fastput import FastPut
@@ -117,13 +116,10 @@ class Uploader:
         targets: list[Target],
         settings: SyncSettings,
         environ: Mapping[str, str],
-        *,
-        secrets: tuple[str, ...] = (),
     ) -> None:
         self.targets = targets
         self.settings = settings
         self._environ = dict(environ)
-        self._secrets = secrets
         self._cond = threading.Condition()
         self._pending: OrderedDict[_Key, _Item] = OrderedDict()
         self._in_flight: set[_Key] = set()
@@ -166,18 +162,23 @@ class Uploader:
             self._get_client()
             self._get_fast()
         except Exception as exc:  # the first upload builds it again and reports the error
-            log.debug("could not build the S3 client yet: %s", redact_text(str(exc), self._secrets))
+            log.debug("could not build the S3 client yet: %s", exc)
 
-    def flush(self, deadline: float) -> bool:
-        """Upload everything queued, ignoring the debounce; ``False`` if ``deadline`` passed first."""
+    def flush(self, deadline: float | Callable[[], float]) -> bool:
+        """Upload everything queued, ignoring the debounce; ``False`` if the deadline passed first.
+
+        ``deadline`` may be a function, looked at twice a second: a stop that arrives
+        during the flush can bring it forward.
+        """
+        when = deadline if callable(deadline) else (lambda: deadline)
         with self._cond:
             self._flushing = True
             self._cond.notify_all()
             while self._pending or self._in_flight:
-                remaining = deadline - time.monotonic()
+                remaining = when() - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, 0.5))
         return True
 
     def abort(self) -> int:
@@ -467,7 +468,8 @@ class Uploader:
         text = describe(exc)
         if is_transient(exc):
             text = f"gave up after {self.settings.retry_seconds:g} s of retries: {text}"
-        message = redact_text(f"{self._where(key)}: {text}", self._secrets)
+        # Masked where it leaves the process: the log handler and the failure files.
+        message = f"{self._where(key)}: {text}"
         with self._cond:
             if count_as_failed:
                 self._failed[key] = message

@@ -39,7 +39,7 @@ import threading
 import time
 from typing import Any
 
-from smtk.sync.settings import SyncSettings
+from smtk.settings import SyncSettings
 from smtk.sync.uploader import Target, Uploader, signature
 
 log = logging.getLogger("smtk.sync")
