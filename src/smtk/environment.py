@@ -33,9 +33,9 @@ from smtk.hyperparameters import (
     ArgvFormat,
     Hyperparameters,
     decode_all,
-    format_env_value,
     split,
     to_cmd_args,
+    to_env_vars,
 )
 from smtk.paths import Paths
 from smtk.settings import Settings
@@ -480,11 +480,9 @@ class Environment(Mapping[str, Any]):
         }
         if self.topology:
             values["topology"] = self.topology
-        result = {"SM_" + key.upper(): format_env_value(value) for key, value in values.items()}
-        for name, path in self.channel_input_dirs.items():
-            result["SM_CHANNEL_" + name.upper()] = path
-        for key, value in self.hyperparameters.items():
-            result["SM_HP_" + key.upper()] = format_env_value(value)
+        result = to_env_vars(values)
+        result.update(to_env_vars(self.channel_input_dirs, prefix="SM_CHANNEL_"))
+        result.update(to_env_vars(self.hyperparameters, prefix="SM_HP_"))
         return result
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, TypeVar, overload
 
 from smtk.config import describe, short_key
@@ -420,8 +420,3 @@ def to_cmd_args(hyperparameters: Mapping[str, Any], argv_format: ArgvFormat = "c
 def to_env_vars(values: Mapping[str, Any], prefix: str = "SM_") -> dict[str, str]:
     """``{prefix + KEY.upper(): format_env_value(v)}`` for every pair."""
     return {prefix + str(key).upper(): format_env_value(value) for key, value in values.items()}
-
-
-def encode_for_platform(values: Iterable[tuple[str, Any]]) -> dict[str, str]:
-    """Encode values the way the SageMaker SDK writes ``hyperparameters.json``."""
-    return {key: json.dumps(value) for key, value in values}

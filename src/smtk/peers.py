@@ -63,10 +63,6 @@ from smtk.stop import Stop, Stopped
 
 logger = logging.getLogger("smtk")
 
-#: Seconds between the SIGTERM a peer's failure causes and SIGKILL.
-DEFAULT_PEER_ABORT_GRACE = 10.0
-#: Seconds the master keeps its outcome for members that have not connected yet.
-DEFAULT_OUTCOME_LINGER = 30.0
 #: Seconds a host whose own failure looks like fallout waits for a peer's root cause.
 ROOT_CAUSE_WAIT = 2.0
 #: TCP keepalive: idle seconds, interval, probes -> a vanished peer is noticed in ~15 s.

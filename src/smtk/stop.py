@@ -253,7 +253,3 @@ class Stop:
         if error:
             raise error[0]
         return result[0]
-
-
-#: The name used before the stop had a module of its own.
-StopController = Stop

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -413,7 +412,7 @@ def _describe_entry(plan: LaunchPlan) -> str:
 
 def _display(plan: LaunchPlan) -> str:
     """The command, shell-quoted, secrets masked (for logs and the failure file)."""
-    return shlex.join(log.masker().mask_argv(plan.argv))
+    return plan.display(log.masker().mask_argv)
 
 
 def _log_plan(plan: LaunchPlan) -> None:

@@ -12,7 +12,7 @@ from smtk import cluster
 from smtk.entry_point import EntryPoint
 from smtk.environment import Environment
 from smtk.errors import ConfigError
-from smtk.failure import Failure
+from smtk.failure import Failure, root_cause
 from smtk.launch import rank, select
 from smtk.settings import Settings
 from tests.helpers.jobtree import make_tree
@@ -94,19 +94,19 @@ def test_rank_identity_from_launcher_variables() -> None:
 
 def test_rank_failure_records_pick_the_root_cause(tmp_path: Path) -> None:
     base = str(tmp_path)
-    assert rank.first_failure(base) is None
+    assert root_cause(rank.recorded_failures(base)) is None
     for r, t, cause in (
         (3, 5.0, "RuntimeError: Connection reset by peer"),
         (2, 20.0, "RuntimeError: late"),
         (1, 10.0, "ValueError: boom"),
     ):
         rank.record_failure(base, Failure(cause=cause, host="algo-2", rank=r, time=t, stderr_tail=(cause,)))
-    first = rank.first_failure(base)
+    first = root_cause(rank.recorded_failures(base))
     # The earliest is fallout (a peer's reset); the earliest root cause wins.
     assert first is not None and (first.rank, first.cause) == (1, "ValueError: boom")
     assert sorted(f.rank or 0 for f in rank.recorded_failures(base)) == [1, 2, 3]
     rank.clear_failures(base)
-    assert rank.first_failure(base) is None
+    assert root_cause(rank.recorded_failures(base)) is None
 
 
 def test_recorded_failures_ignore_what_is_not_a_record(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 from dataclasses import asdict
 from typing import Any
 
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         f"host:       {env.current_host} ({'master' if env.is_master else 'not master'})",
         f"launcher:   {plan.kind}",
         f"hosts:      {', '.join(plan.hosts)} ({plan.processes_per_host} process(es) per host)",
-        f"command:    {shlex.join(argv) if argv else '(none: waits for the MPI master)'}",
+        f"command:    {plan.display(masker.mask_argv) if argv else '(none: waits for the MPI master)'}",
         f"cwd:        {plan.cwd}",
         "waits for:  "
         + (", ".join(f"{p.host}:{p.port} ({p.service})" if p.port else p.host for p in peers) or "nobody"),

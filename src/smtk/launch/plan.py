@@ -9,7 +9,7 @@ Because plans are frozen dataclasses, launchers are tested by comparing plans an
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,13 +32,12 @@ class LaunchPlan:
     hosts: tuple[str, ...] = ()
     #: Processes started per host (1 for a plain process).
     processes_per_host: int = 1
-    #: Label used in log prefixes (``host`` or ``host:rank``) when not derivable from lines.
+    #: Prefix of every output line of the command (``host:rank `` for a rank), or none.
     log_prefix: str = ""
-    #: Whether lines carry rank tags that the log streamer should turn into ``host:rank``.
-    rank_tagged_output: bool = False
     #: Human-readable notes for ``smtk plan`` (why this launcher, what was waited for).
     notes: tuple[str, ...] = ()
 
-    def display(self) -> str:
-        """The command as a shell-quoted string, for display only."""
-        return shlex.join(self.argv)
+    def display(self, mask: Callable[[Sequence[str]], Sequence[str]] | None = None) -> str:
+        """The command as a shell-quoted string, for display only; ``mask`` hides secrets
+        (:meth:`smtk.redact.Masker.mask_argv`)."""
+        return shlex.join(mask(self.argv) if mask is not None else self.argv)

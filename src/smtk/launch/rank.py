@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from smtk import causes, log
-from smtk.failure import Failure, root_cause
+from smtk.failure import Failure
 from smtk.files import read_text
 from smtk.launch.plan import LaunchPlan
 from smtk.settings import Settings
@@ -163,11 +163,6 @@ def recorded_failures(base: str) -> list[Failure]:
             if failure is not None:
                 found.append(failure)
     return found
-
-
-def first_failure(base: str) -> Failure | None:
-    """The root cause among the failures recorded on this host, if any."""
-    return root_cause(recorded_failures(base))
 
 
 def reported_failures(base: str, session: Session | None) -> list[Failure]:

@@ -55,7 +55,6 @@ from smtk.supervisor import Supervisor, prefixed
 logger = logging.getLogger("smtk")
 
 ENGINE_ENV = "SMTK_CONTAINER_ENGINE"
-ARGS_ENV = "SMTK_CONTAINER_ARGS"
 #: Engines tried, in order, when ``SMTK_CONTAINER_ENGINE`` is not set.
 ENGINES = ("podman", "docker")
 #: Where the job tree goes inside the container (the platform's path).
