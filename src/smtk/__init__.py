@@ -11,6 +11,7 @@ until you ask for it. The public face::
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -21,15 +22,13 @@ if TYPE_CHECKING:
     from smtk.environment import Environment
     from smtk.errors import ConfigError, SmtkError
 
+#: Where each public name lives: loaded on first use (PEP 562), so that ``import smtk`` is
+#: one small module and a console script can install its stop before anything else loads.
+_LAZY = {"Environment": "smtk.environment", "ConfigError": "smtk.errors", "SmtkError": "smtk.errors"}
+
 
 def __getattr__(name: str) -> Any:
-    # Lazy re-exports keep `import smtk` to one small module.
-    if name == "Environment":
-        from smtk.environment import Environment
-
-        return Environment
-    if name in ("ConfigError", "SmtkError"):
-        from smtk import errors
-
-        return getattr(errors, name)
-    raise AttributeError(f"module 'smtk' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'smtk' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from smtk.failure import Failure
+from smtk.files import read_regular
 from smtk.stop import signal_name
 
 #: An error file larger than this is not read (torch writes a few KiB).
@@ -161,8 +162,6 @@ def read_error_file(path: str | None, code_dir: str | None = None) -> PythonErro
     """
     if not path:
         return None
-    from smtk.files import read_regular  # file-type checks live there
-
     data = read_regular(path, MAX_ERROR_FILE)
     if data is None:
         return None

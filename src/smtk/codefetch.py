@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
+import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -42,6 +45,7 @@ from smtk.errors import ArchiveError, ConfigError
 from smtk.files import describe, is_regular
 from smtk.log import logger
 from smtk.redact import redact_url
+from smtk.s3 import make_client, parse_s3_uri
 from smtk.settings import Settings
 from smtk.stop import Stop
 
@@ -116,8 +120,6 @@ def fetch(
     stop: Stop | None = None,
 ) -> FetchReport | None:
     """Put ``source`` into ``code_dir`` (see the module docstring for the rules)."""
-    import shutil
-    import tempfile
 
     started = time.monotonic()
     shown = redact_url(source)
@@ -287,7 +289,6 @@ def extract_archive(
     archive: str, code_dir: str, limits: Limits, *, shown: str | None = None
 ) -> tuple[int, int]:
     """Unpack the tar file ``archive`` into the empty ``code_dir``; (entries, bytes)."""
-    import tarfile
 
     shown = shown or archive
     with _open_tar(archive, shown) as tar:
@@ -313,7 +314,6 @@ def extract_archive(
 
 def copy_tree(source: str, code_dir: str, limits: Limits) -> tuple[int, int]:
     """Copy the directory ``source`` into the empty ``code_dir`` with the archive rules."""
-    import shutil
 
     root = os.path.realpath(source)
     entries: list[tuple[str, os.stat_result]] = []
@@ -364,7 +364,6 @@ def copy_tree(source: str, code_dir: str, limits: Limits) -> tuple[int, int]:
 
 
 def _open_tar(archive: str, shown: str) -> tarfile.TarFile:
-    import tarfile
 
     try:
         return tarfile.open(archive, mode="r:*")
@@ -375,7 +374,6 @@ def _open_tar(archive: str, shown: str) -> tarfile.TarFile:
 @contextlib.contextmanager
 def _cleanup_on_error(code_dir: str) -> Iterator[None]:
     """Empty ``code_dir`` again (it was empty before) if the block raises."""
-    import shutil
 
     try:
         yield
@@ -394,7 +392,6 @@ def _cleanup_on_error(code_dir: str) -> Iterator[None]:
 
 
 def _local_kind(source: str, shown: str) -> SourceKind:
-    import tarfile
 
     if os.path.isdir(source):
         return "dir"
@@ -432,8 +429,6 @@ def _download(uri: str, destination: str, environ: Mapping[str, str], stop: Stop
     returned).
     """
     from botocore.exceptions import BotoCoreError, ClientError
-
-    from smtk.s3 import make_client, parse_s3_uri
 
     location = parse_s3_uri(uri, "hyperparameters.json", "sagemaker_submit_directory")
     if not location.key or location.key.endswith("/"):

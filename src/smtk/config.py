@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import stat
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -320,8 +321,6 @@ def _optional_str(source: str, key: str, value: object) -> str | None:
 
 def default_resource_config() -> dict[str, Any]:
     """The one-host config the reference writes when there is no ``/opt/ml`` tree."""
-    import socket  # only needed without a resourceconfig.json
-
     host = socket.gethostname()
     return {
         "current_host": host,

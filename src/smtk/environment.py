@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from smtk import config, hardware
+from smtk.channels import ChannelMap
 from smtk.config import ChannelConfig, CheckpointConfig, ResourceConfig, describe
 from smtk.errors import ConfigError
 from smtk.hyperparameters import (
@@ -377,11 +378,9 @@ class Environment(Mapping[str, Any]):
         return dict(self._channels)
 
     @property
-    def channels(self) -> Any:
+    def channels(self) -> ChannelMap:
         """Readable channels by name (see :mod:`smtk.channels`)."""
-        from smtk.channels import channels_of
-
-        return channels_of(self)
+        return ChannelMap(self._channels, self.paths, self._environ)
 
     @property
     def checkpoint_config(self) -> CheckpointConfig | None:

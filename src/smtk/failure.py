@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -188,8 +189,6 @@ def from_error(error: SmtkError, host: str | None = None, seconds: float | None 
 
 def from_internal_error(exc: BaseException, host: str | None = None, seconds: float | None = None) -> Failure:
     """An unexpected error inside smtk (a bug): exit 1, with the traceback's last frames."""
-    import traceback  # only on this rare path: it is not free to import
-
     detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return Failure(
         cause=f"internal error in smtk: {type(exc).__name__}: {exc}",

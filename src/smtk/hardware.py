@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import re
+import subprocess
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -59,10 +61,6 @@ def _run_probe(argv: list[str]) -> str | None:
     if executable is None:
         # The common case on CPU machines: no process, no import of subprocess.
         return None
-    # Imported here: subprocess and logging are most of the cost of importing this module.
-    import logging
-    import subprocess
-
     logger = logging.getLogger("smtk")
     try:
         proc = subprocess.run(
@@ -262,8 +260,6 @@ def _neuron_cores() -> int:
     try:
         devices = json.loads(out)
     except ValueError:
-        import logging
-
         logging.getLogger("smtk").info("neuron-ls -j printed no JSON; counting 0 Neuron cores")
         return 0
     if not isinstance(devices, list):

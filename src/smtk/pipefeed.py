@@ -42,6 +42,7 @@ from typing import Any
 from smtk import config
 from smtk.channels.records import recordio_header, recordio_padding
 from smtk.errors import ChannelError, ConfigError, SmtkError
+from smtk.s3 import make_client, parse_s3_uri
 
 logger = logging.getLogger("smtk")
 
@@ -202,8 +203,6 @@ class PipeFeeder:
         return objects
 
     def _list_s3(self) -> list[SourceObject]:
-        from smtk.s3 import make_client, parse_s3_uri
-
         uri = parse_s3_uri(self.source, "--source")
         self._s3 = make_client(self._environ)
         objects: list[SourceObject] = []

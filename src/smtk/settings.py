@@ -13,8 +13,8 @@ blank means the default. ``docs/environment-variables.md`` lists every one of th
     settings.grace_period, settings.sync.workers, settings.host_addresses
 
 Besides the settings users set, the snapshot carries what ``train`` tells the processes
-it starts about the job (``SMTK_LAUNCHER``, ``SMTK_MASTER_HOST``, ``SMTK_JOB_HOSTS``,
-...), which smtk's own helpers (the rank wrapper) read back from their environment.
+it starts about the job (``SMTK_LAUNCHER``, ``SMTK_MASTER_HOST``), which smtk's own
+helpers (the rank wrapper) read back from their environment.
 """
 
 from __future__ import annotations
@@ -266,7 +266,6 @@ class Settings:
     # what train tells the processes it starts (read back by smtk's own helpers)
     launcher: str = ""
     master_host: str = ""
-    job_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -301,7 +300,6 @@ class Settings:
             container_args=words(environ, "SMTK_CONTAINER_ARGS"),
             launcher=(environ.get("SMTK_LAUNCHER") or "").strip(),
             master_host=(environ.get("SMTK_MASTER_HOST") or "").strip(),
-            job_hosts=tuple(h for h in (environ.get("SMTK_JOB_HOSTS") or "").split(",") if h.strip()),
         )
 
     def address_of(self, host: str) -> str:

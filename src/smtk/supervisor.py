@@ -35,6 +35,7 @@ host's ``train`` under ``smtk local`` and the container engine all get the same 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
 import os
@@ -47,6 +48,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from smtk import log
 from smtk.launch.plan import LaunchPlan
 from smtk.lines import LineSink, OutputPump
 from smtk.settings import SUPERVISED, Settings, supervised_mark
@@ -113,8 +115,6 @@ def become_subreaper() -> None:
         if _subreaper_done or not sys.platform.startswith("linux"):
             return
         _subreaper_done = True
-        import ctypes  # only here: a few milliseconds to import
-
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
@@ -573,7 +573,6 @@ def _reap_orphans() -> None:
 
 def prefixed(prefix: str) -> LineSink:
     """A sink writing each line, prefixed, to the same stream of ours (masked: :func:`smtk.log.write`)."""
-    from smtk import log
 
     def sink(stream: str, line: str) -> None:
         log.write(stream, prefix + line)

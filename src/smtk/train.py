@@ -8,7 +8,7 @@ The flow (DESIGN.md), one phase after another, each interruptible by the stop::
               fetch code, resolve entry point,
               install requirements
     plan      launch.select.build_plan()         pure (hardware probes aside)
-    wait      cluster.wait_for_peers()           ClusterError -> 4 (multi-host only)
+    wait      readiness.wait_for_peers()         ClusterError -> 4 (multi-host only)
     run       supervisor.run()                   streams logs, forwards SIGTERM/SIGINT
     settle    tell the other hosts; root cause   (multi-host only)
     flush     stop the output sync               bounded by the platform's stop window
@@ -23,6 +23,7 @@ its stdout and stderr, and the failure files, go through one masker (:mod:`smtk.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -30,19 +31,23 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from smtk import causes, failure, log, report
+from smtk import __version__, causes, codefetch, entry_point, failure, install, log, report, supervisor
+from smtk.cluster import readiness
+from smtk.cluster.session import Session, join
 from smtk.environment import Environment
 from smtk.errors import ConfigError, EntryPointError, SmtkError
 from smtk.failure import Failure, Outcome, Success
-from smtk.files import describe
+from smtk.files import describe, read_regular
+from smtk.launch import limits, select, worker
+from smtk.launch import rank as rank_wrapper
 from smtk.launch.plan import LaunchPlan
 from smtk.paths import Paths
 from smtk.redact import secret_values
 from smtk.stop import Stop, Stopped, signal_name
+from smtk.sync import restore_checkpoints, start_sync
 
 if TYPE_CHECKING:
     from smtk.entry_point import EntryPoint
-    from smtk.peers import Session
     from smtk.supervisor import ProcessResult
     from smtk.sync import SyncHandle
 
@@ -99,8 +104,6 @@ def _arguments(argv: Sequence[str]) -> int | None:
         log.write("stdout", USAGE)
         return 0
     if args[0] in ("-V", "--version"):
-        from smtk import __version__
-
         log.write("stdout", f"train (smtk {__version__})")
         return 0
     log.write("stderr", f"train: unexpected argument {args[0]!r}\n\n{USAGE}")
@@ -143,7 +146,6 @@ class Job:
     # -- the phases ---------------------------------------------------------------------------
 
     def _execute(self) -> Outcome:
-        from smtk import codefetch, entry_point, install
 
         env, stop = self.env, self.stop
         stop.phase = "preparing the job tree"
@@ -156,11 +158,9 @@ class Job:
         stop.check()
         self.sync = _start_sync(env)
         if len(env.hosts) > 1:
-            from smtk import peers
-
             stop.phase = "joining the job's status channel"
             # Failures before the launch reach the peers too.
-            self.session = peers.join(env, stop, log.masker().values)
+            self.session = join(env, stop, log.masker())
         stop.phase = "fetching the code"
         stop.call(codefetch.fetch_code, env, stop)
         stop.phase = "resolving the entry point"
@@ -168,7 +168,6 @@ class Job:
         stop.phase = "installing the job's dependencies with pip"
         install.install_requirements(env, entry, stop=stop)
         stop.phase = "planning the launch"
-        from smtk.launch import select
 
         plan: LaunchPlan = stop.call(select.build_plan, env, entry)
         _log_plan(plan)
@@ -176,18 +175,13 @@ class Job:
             stop.phase = "serving the MPI master's ranks"
             return self._run_mpi_worker(plan)
         if len(plan.hosts) > 1:
-            from smtk import cluster
-
             stop.phase = "waiting for the other hosts to be ready"
-            cluster.wait_for_peers(env, plan, self.session, stop)
+            readiness.wait_for_peers(env, plan, self.session, stop)
         stop.check()
         stop.phase = "running the training code"
         return self._launch(plan, entry)
 
     def _launch(self, plan: LaunchPlan, entry: EntryPoint) -> Outcome:
-        from smtk import supervisor
-        from smtk.launch import limits
-        from smtk.launch import rank as rank_wrapper
 
         env = self.env
         limits.check(plan, env.environ)
@@ -257,7 +251,6 @@ class Job:
         )
 
     def _run_mpi_worker(self, plan: LaunchPlan) -> Outcome:
-        from smtk.launch import worker
 
         master = worker.run_worker(self.env, plan, self.session, self.stop)
         if master is None:
@@ -370,7 +363,6 @@ def _prepare_tree(paths: Paths) -> None:
 
 def _start_error(exc: OSError, plan: LaunchPlan, entry: EntryPoint) -> SmtkError:
     """Why the entry point could not be started at all, as the error the user can act on."""
-    import errno
 
     program = plan.argv[0] if plan.argv else "?"
     if exc.errno == errno.E2BIG:
@@ -397,7 +389,6 @@ def _start_error(exc: OSError, plan: LaunchPlan, entry: EntryPoint) -> SmtkError
 
 
 def _shebang(path: str) -> str | None:
-    from smtk.files import read_regular
 
     head = read_regular(path, 256)
     if not head or not head.startswith(b"#!"):
@@ -437,7 +428,6 @@ def _wants_sync(env: Environment) -> bool:
 def _restore_checkpoints(env: Environment, stop: Stop) -> None:
     if not _wants_sync(env):
         return
-    from smtk.sync import restore_checkpoints
 
     restored = stop.call(restore_checkpoints, env, stop)
     if restored is not None:
@@ -447,7 +437,6 @@ def _restore_checkpoints(env: Environment, stop: Stop) -> None:
 def _start_sync(env: Environment) -> SyncHandle | None:
     if not _wants_sync(env):
         return None
-    from smtk.sync import start_sync
 
     return start_sync(env)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from smtk import cluster, peers
+from smtk.cluster import probe, wire
+from smtk.cluster.session import Session
 from smtk.environment import Environment
 from smtk.errors import ClusterError
 from smtk.failure import Failure, Success
@@ -33,8 +34,8 @@ def test_waits_until_a_late_listener_appears() -> None:
 
     def wait() -> None:
         try:
-            cluster.wait_for(
-                [cluster.Peer("late", port, "test")],
+            probe.wait_for(
+                [probe.Peer("late", port, "test")],
                 Settings.from_environ({"SMTK_HOST_ADDRESSES": "late=127.0.0.1"}),
                 120,
             )
@@ -54,9 +55,9 @@ def test_waits_until_a_late_listener_appears() -> None:
 
 def test_timeout_names_every_host_and_what_failed() -> None:
     port = _free_port()  # nothing listens there
-    peers = [cluster.Peer("algo-2", port, "sshd"), cluster.Peer("algo-3.invalid", port, "sshd")]
+    peers = [probe.Peer("algo-2", port, "sshd"), probe.Peer("algo-3.invalid", port, "sshd")]
     with pytest.raises(ClusterError) as caught:
-        cluster.wait_for(peers, Settings.from_environ({"SMTK_HOST_ADDRESSES": "algo-2=127.0.0.1"}), 1.0)
+        probe.wait_for(peers, Settings.from_environ({"SMTK_HOST_ADDRESSES": "algo-2=127.0.0.1"}), 1.0)
     message = str(caught.value)
     assert caught.value.exit_status == 4
     assert f"algo-2 (connect 127.0.0.1:{port} (sshd): Connection refused" in message
@@ -85,8 +86,8 @@ def pair(tmp_path: Path) -> Iterator[tuple[Environment, Environment]]:
 
 
 @pytest.fixture
-def sessions() -> Iterator[list[peers.Session]]:
-    opened: list[peers.Session] = []
+def sessions() -> Iterator[list[Session]]:
+    opened: list[Session] = []
     yield opened
     for session in opened:
         session.settled.set()  # no escalation threads left behind
@@ -94,8 +95,8 @@ def sessions() -> Iterator[list[peers.Session]]:
         session.close()
 
 
-def _session(env: Environment, opened: list[peers.Session], stop: Stop | None = None) -> peers.Session:
-    session = peers.Session(env, stop, ["s3cret"], ["algo-1", "algo-2"])
+def _session(env: Environment, opened: list[Session], stop: Stop | None = None) -> Session:
+    session = Session(env, stop, ["s3cret"], ["algo-1", "algo-2"])
     opened.append(session)
     return session
 
@@ -104,12 +105,10 @@ def _failure(host: str, cause: str, status: int = 1, rank: int | None = None) ->
     return Failure(exit_status=status, cause=cause, category="x", host=host, rank=rank)
 
 
-def test_both_sides_become_ready(
-    pair: tuple[Environment, Environment], sessions: list[peers.Session]
-) -> None:
+def test_both_sides_become_ready(pair: tuple[Environment, Environment], sessions: list[Session]) -> None:
     master = _session(pair[0], sessions)
     member = _session(pair[1], sessions)
-    waiter = threading.Thread(target=master.wait_ready, args=([cluster.Peer("algo-2", None)], 30))
+    waiter = threading.Thread(target=master.wait_ready, args=([probe.Peer("algo-2", None)], 30))
     waiter.start()
     member.mark_ready()
     master.mark_ready()
@@ -119,7 +118,7 @@ def test_both_sides_become_ready(
 
 
 def test_master_failure_reaches_a_member_that_connects_later(
-    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+    pair: tuple[Environment, Environment], sessions: list[Session]
 ) -> None:
     master = _session(pair[0], sessions)
     final = master.settle(_failure("algo-1", "EntryPointError: no train.py (s3cret)", 2))
@@ -141,7 +140,7 @@ def test_master_failure_reaches_a_member_that_connects_later(
 
 
 def test_member_failure_stops_the_waiting_master(
-    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+    pair: tuple[Environment, Environment], sessions: list[Session]
 ) -> None:
     stop = Stop()
     master = _session(pair[0], sessions, stop)
@@ -155,7 +154,7 @@ def test_member_failure_stops_the_waiting_master(
 
 
 def test_own_root_cause_beats_a_peers_fallout(
-    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+    pair: tuple[Environment, Environment], sessions: list[Session]
 ) -> None:
     master = _session(pair[0], sessions)
     member = _session(pair[1], sessions)
@@ -164,23 +163,21 @@ def test_own_root_cause_beats_a_peers_fallout(
     member.wait_ready([], 30)
     member.settle(_failure("algo-2", "RuntimeError: Connection closed by peer", 1, rank=1))
     with master.cond:
-        master.cond.wait_for(lambda: master.root is not None, 30)
+        master.cond.wait_for(lambda: master.first is not None, 30)
     outcome = master.settle(_failure("algo-1", "ValueError: boom at train.py:3", 1, rank=0))
     assert (outcome.cause, outcome.host, outcome.rank) == ("ValueError: boom at train.py:3", "algo-1", 0)
 
 
 def test_member_fails_at_once_when_the_masters_train_dies(
-    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+    pair: tuple[Environment, Environment], sessions: list[Session]
 ) -> None:
     master = _session(pair[0], sessions)
     stop = Stop()
     member = _session(pair[1], sessions, stop)
     with master.cond:
-        master.cond.wait_for(lambda: "algo-2" in master.connections, 30)
+        master.cond.wait_for(lambda: "algo-2" in master.hub.connected(), 30)
     # the master's train is gone without a word: its sockets close
-    master.listener.close()
-    for conn in master.connections.values():
-        conn.close()
+    master.hub.close(flush=0)
     status, failure = member.wait_master_outcome(30)
     assert status == 1 and failure is not None and failure.host == "algo-1"
     assert "lost the connection to the master algo-1" in failure.cause
@@ -188,7 +185,7 @@ def test_member_fails_at_once_when_the_masters_train_dies(
 
 
 def test_mpi_worker_gets_the_masters_outcome(
-    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+    pair: tuple[Environment, Environment], sessions: list[Session]
 ) -> None:
     master = _session(pair[0], sessions)
     member = _session(pair[1], sessions)
@@ -197,25 +194,29 @@ def test_mpi_worker_gets_the_masters_outcome(
 
 
 def test_rank_failure_reports_are_collected(
-    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+    pair: tuple[Environment, Environment], sessions: list[Session]
 ) -> None:
+    master = _session(pair[0], sessions)
     member = _session(pair[1], sessions)
-    settings = Settings.from_environ({**pair[1].environ, "SMTK_JOB_HOSTS": "algo-2"})
-    sent = Failure(cause="ValueError: x", host="algo-1", rank=0, time=1.0)
-    peers.announce_failure(sent, settings)
-    found = member.reported_failures(30, bool)
-    assert found == [sent]
+    with master.cond:
+        master.cond.wait_for(lambda: "algo-2" in master.hub.connected(), 30)
+    # A rank on algo-2 reports to algo-2's train, which passes it to the master, which
+    # passes it to every other host: each can then name the first rank that failed.
+    sent = Failure(cause="ValueError: x", host="algo-2", rank=3, time=1.0)
+    assert wire.send_report(sent, "algo-2", pair[1].settings)
+    assert member.reported_failures(30, bool) == [sent]
+    assert master.reported_failures(30, bool) == [sent]
 
 
 def test_a_stop_ends_the_wait_for_peers_at_once(
-    pair: tuple[Environment, Environment], sessions: list[peers.Session]
+    pair: tuple[Environment, Environment], sessions: list[Session]
 ) -> None:
     stop = Stop()
     master = _session(pair[0], sessions, stop)  # algo-2 never comes: only the stop ends the wait
     threading.Timer(0.5, stop.request, args=(signal.SIGTERM,)).start()
     started = time.monotonic()
     with pytest.raises(Stopped) as info:
-        master.wait_ready([cluster.Peer("algo-2", None)], 600)
+        master.wait_ready([probe.Peer("algo-2", None)], 600)
     assert time.monotonic() - started < 10
     assert info.value.signum == signal.SIGTERM and "algo-2" in info.value.during
 
@@ -225,5 +226,5 @@ def test_a_stop_ends_a_probe_wait_at_once() -> None:
     threading.Timer(0.5, stop.request, args=(signal.SIGINT,)).start()
     started = time.monotonic()
     with pytest.raises(Stopped) as info:
-        cluster.wait_for([cluster.Peer("algo-9.invalid", 22, "sshd")], Settings(), 600, stop=stop)
+        probe.wait_for([probe.Peer("algo-9.invalid", 22, "sshd")], Settings(), 600, stop=stop)
     assert time.monotonic() - started < 10 and info.value.signum == signal.SIGINT

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from smtk import cluster
+from smtk.cluster import probe, readiness
 from smtk.entry_point import EntryPoint
 from smtk.environment import Environment
 from smtk.errors import ConfigError
@@ -23,7 +23,7 @@ def test_host_addresses_parse_and_map() -> None:
     assert dict(settings.host_addresses) == {"algo-1": "127.0.0.2", "algo-2": "127.0.0.3"}
     assert settings.address_of("algo-2") == "127.0.0.3"
     assert settings.address_of("algo-9") == "algo-9"
-    assert cluster.resolve("algo-1", settings) == "127.0.0.2"
+    assert probe.resolve("algo-1", settings) == "127.0.0.2"
 
 
 @pytest.mark.parametrize("text", ["algo-1", "algo-1=", "=1.2.3.4", "a=1,b"])
@@ -74,11 +74,11 @@ def _env(tmp_path: Path, hps: dict[str, Any], current: str) -> Environment:
 def test_peers_for_each_plan(tmp_path: Path, hps: dict[str, Any], current: str, expected: list[Any]) -> None:
     env = _env(tmp_path, hps, current)
     plan = select.build_plan(env, EntryPoint(kind="python", name="train.py", code_dir=env.paths.code_dir))
-    assert [(p.host, p.port, p.service) for p in cluster.peers_for(env, plan)] == expected
+    assert [(p.host, p.port, p.service) for p in readiness.peers_for(env, plan)] == expected
 
 
 def test_unresolvable_name_is_reported_as_dns() -> None:
-    problem = cluster.probe(cluster.Peer("no-such-host.invalid", 22), Settings())
+    problem = probe.probe(probe.Peer("no-such-host.invalid", 22), Settings())
     assert problem is not None and problem.startswith("DNS: ")
 
 

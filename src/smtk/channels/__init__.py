@@ -24,15 +24,14 @@ import os
 import re
 import stat
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from smtk.channels.channel import Channel, FileEpoch
 from smtk.channels.pipe import FifoTimeoutError, PipeEpoch
 from smtk.channels.records import RecordError, open_records
+from smtk.config import ChannelConfig, read_input_data_config
 from smtk.errors import ChannelError
-
-if TYPE_CHECKING:
-    from smtk.environment import Environment
+from smtk.paths import Paths
 
 __all__ = [
     "Channel",
@@ -41,8 +40,8 @@ __all__ = [
     "FileEpoch",
     "PipeEpoch",
     "RecordError",
+    "HasChannels",
     "UnknownChannelError",
-    "channels_of",
     "get",
     "open_records",
 ]
@@ -57,18 +56,29 @@ class UnknownChannelError(ChannelError, KeyError):
 class ChannelMap(Mapping[str, Channel]):
     """The job's channels by name; an unknown name raises :class:`UnknownChannelError`."""
 
-    def __init__(self, env: Environment) -> None:
-        self._env = env
-        self._configs = env.channel_configs
+    def __init__(
+        self, configs: Mapping[str, ChannelConfig], paths: Paths, environ: Mapping[str, str] | None = None
+    ) -> None:
+        self._configs = dict(configs)
+        self._paths = paths
+        self._environ = dict(os.environ if environ is None else environ)
         self._cache: dict[str, Channel] = {}
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> ChannelMap:
+        """The channels of the tree ``$SAGEMAKER_BASE_DIR`` (else ``/opt/ml``) names."""
+        env = dict(os.environ if environ is None else environ)
+        paths = Paths.from_environ(env)
+        _, configs = read_input_data_config(paths.input_data_config_file)
+        return cls(configs, paths, env)
 
     def __getitem__(self, name: str) -> Channel:
         channel = self._cache.get(name)
         if channel is None:
             config = self._configs.get(name)
             if config is None:
-                raise UnknownChannelError(_unknown_message(self._env, name, sorted(self._configs)))
-            channel = Channel(config, self._env.paths.channel_dir(name), self._env.environ)
+                raise UnknownChannelError(_unknown_message(self._paths, name, sorted(self._configs)))
+            channel = Channel(config, self._paths.channel_dir(name), self._environ)
             self._cache[name] = channel
         return channel
 
@@ -82,25 +92,24 @@ class ChannelMap(Mapping[str, Channel]):
         return f"ChannelMap({list(self._configs)})"
 
 
-def channels_of(env: Environment) -> ChannelMap:
-    """The channels of ``env`` (what ``Environment.channels`` returns)."""
-    return ChannelMap(env)
+class HasChannels(Protocol):
+    """What :func:`get` needs of an environment (``smtk.Environment`` is one)."""
+
+    @property
+    def channels(self) -> Mapping[str, Channel]: ...
 
 
-def get(name: str, env: Environment | None = None) -> Channel:
-    """The channel ``name`` of ``env`` (default: ``Environment()`` of this process)."""
-    if env is None:
-        from smtk.environment import Environment
-
-        env = Environment()
-    return channels_of(env)[name]
+def get(name: str, env: HasChannels | None = None) -> Channel:
+    """The channel ``name`` of ``env`` (default: the job of this process's environment)."""
+    channels = env.channels if env is not None else ChannelMap.from_environ()
+    return channels[name]
 
 
-def _unknown_message(env: Environment, name: str, known: list[str]) -> str:
-    config_file = env.paths.input_data_config_file
+def _unknown_message(paths: Paths, name: str, known: list[str]) -> str:
+    config_file = paths.input_data_config_file
     listed = ", ".join(repr(k) for k in known) if known else "no channels"
     parts = [f"no channel named {name!r}: {config_file} lists {listed}"]
-    path = env.paths.channel_dir(name)
+    path = paths.channel_dir(name)
     if os.path.isdir(path):
         parts.append(f"(a directory {path} exists, but the config does not list it)")
     elif _is_fifo(path + "_0"):

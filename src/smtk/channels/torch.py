@@ -53,7 +53,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from smtk.channels import get
 from smtk.channels.channel import Channel
+from smtk.channels.records import open_records
 from smtk.errors import ChannelError
 
 
@@ -172,8 +174,6 @@ class ChannelDataset(IterableDataset[Any]):
         return _every(self._read_files(paths), index, count)
 
     def _read_files(self, paths: list[str]) -> Iterator[Any]:
-        from smtk.channels.records import open_records
-
         for path in paths:
             with open_records(path, self.format, **self.reader_options) as reader:
                 yield from reader
@@ -213,8 +213,6 @@ def _every(records: Iterator[Any], index: int, count: int) -> Iterator[Any]:
 
 
 def _lookup(name: str, env: Any) -> Channel:
-    from smtk.channels import get
-
     return get(name, env)
 
 

@@ -24,7 +24,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from smtk import log
+from smtk.environment import Environment
 from smtk.errors import SmtkError
+from smtk.redact import MASK, is_secret_name, redact_url, secret_values
 
 _SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -55,8 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smtk.environment import Environment
-    from smtk.redact import secret_values
 
     reveal = bool(args.reveal_secrets)
     masker = log.masker()
@@ -92,7 +92,6 @@ def render_export(env_vars: Mapping[str, str]) -> str:
 
 def render_summary(env: Any) -> str:
     """A human-readable view of an :class:`~smtk.environment.Environment`."""
-    from smtk.redact import MASK, is_secret_name, redact_url
 
     role = "master" if env.is_master else f"worker (master: {env.master_hostname})"
     hosts = env.hosts

@@ -19,7 +19,17 @@ import os
 import time
 
 from smtk import log
-from smtk.errors import SmtkError
+from smtk.errors import ConfigError, SmtkError
+from smtk.local.runner import run_job
+from smtk.local.spec import (
+    JobSpec,
+    default_job_name,
+    encode_hyperparameter,
+    load_spec,
+    parse_channel_flag,
+    parse_pairs,
+    with_overrides,
+)
 from smtk.stop import Stop, Stopped
 
 DESCRIPTION = __doc__
@@ -68,16 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_spec(args: argparse.Namespace) -> object:
-    from smtk.errors import ConfigError
-    from smtk.local.spec import (
-        JobSpec,
-        default_job_name,
-        encode_hyperparameter,
-        load_spec,
-        parse_channel_flag,
-        parse_pairs,
-        with_overrides,
-    )
 
     spec = load_spec(args.spec) if args.spec else None
     hyperparameters = {
@@ -113,8 +113,6 @@ def _build_spec(args: argparse.Namespace) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smtk.local.runner import run_job
-    from smtk.local.spec import JobSpec
 
     log.configure()
     stop: Stop = args.stop

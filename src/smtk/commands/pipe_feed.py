@@ -18,6 +18,7 @@ from smtk import config, log
 from smtk.errors import ConfigError, SmtkError
 from smtk.log import configure
 from smtk.paths import Paths
+from smtk.pipefeed import PipeFeeder
 from smtk.stop import Stop, signal_name
 
 
@@ -48,7 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smtk.pipefeed import PipeFeeder
 
     configure()
     data_dir = args.data_dir or Paths.from_environ().input_data_dir

@@ -17,8 +17,12 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from smtk import log
+from smtk import entry_point, log
+from smtk.cluster import readiness
+from smtk.environment import Environment
 from smtk.errors import SmtkError
+from smtk.launch import select
+from smtk.redact import MASK, is_secret_name, secret_values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,10 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smtk import cluster, entry_point
-    from smtk.environment import Environment
-    from smtk.launch import select
-    from smtk.redact import MASK, is_secret_name, secret_values
 
     masker = log.masker()
     try:
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         masker.add(secret_values(env.raw_hyperparameters, env.environ))
         entry = entry_point.resolve(env)
         plan = select.build_plan(env, entry)
-        peers = cluster.peers_for(env, plan) if len(plan.hosts) > 1 else []
+        peers = readiness.peers_for(env, plan) if len(plan.hosts) > 1 else []
     except SmtkError as exc:
         log.write("stderr", f"smtk plan: {exc}")
         return exc.exit_status

@@ -34,10 +34,7 @@ def child_env(env: Environment, launcher: str) -> dict[str, str]:
     values["SMTK_HOST_INDEX"] = str(hosts.index(env.current_host))
     values["SMTK_NUM_HOSTS"] = str(len(hosts))
     values["SMTK_MASTER_HOST"] = env.master_hostname
-    if launcher in ("torchrun", "mpi"):
-        # Where rank wrappers report a failure (see smtk.peers.announce_failure).
-        values["SMTK_JOB_HOSTS"] = ",".join(env.distribution_hosts)
-    elif "TORCHELASTIC_ERROR_FILE" not in env.environ:
+    if launcher not in ("torchrun", "mpi") and "TORCHELASTIC_ERROR_FILE" not in env.environ:
         # Where a script whose main is decorated with torch's @record leaves its exception:
         # the first source of the failure's root cause (smtk.causes).
         values["TORCHELASTIC_ERROR_FILE"] = os.path.join(env.paths.root, ".smtk", "error.json")

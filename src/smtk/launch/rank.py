@@ -21,8 +21,9 @@ The wrapper
    ``host:rank `` (lines kept whole, signals forwarded), and exits as the command did;
 5. when the rank fails, builds its :class:`~smtk.failure.Failure` (from the error file
    first, then the traceback), prints one ``smtk: rank failed`` line for the log,
-   records it in ``<base>/.smtk/ranks/<rank>.json`` and reports it to every host's
-   ``train`` over the status port, so the report names the first rank that failed.
+   records it in ``<base>/.smtk/ranks/<rank>.json`` and reports it to its host's
+   ``train`` over the status port (which passes it on, through the master, to every
+   host), so the report names the first rank that failed.
 """
 
 from __future__ import annotations
@@ -38,15 +39,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from smtk import causes, log
+from smtk import causes, log, supervisor
+from smtk.cluster import wire
+from smtk.environment import Environment
 from smtk.failure import Failure
 from smtk.files import read_text
+from smtk.launch.childenv import child_env
 from smtk.launch.plan import LaunchPlan
 from smtk.settings import Settings
 from smtk.stop import Stop
 
 if TYPE_CHECKING:
-    from smtk.peers import Session
+    from smtk.cluster.session import Session
 
 #: The rank's own grace period is shorter than torchrun's 30 s SIGKILL, so the
 #: wrapper (not the launcher) escalates and nothing is left behind.
@@ -108,8 +112,6 @@ def host_environment(environ: Mapping[str, str], launcher: str) -> dict[str, str
                 snapshot = {str(k): str(v) for k, v in loaded.items()}
     if snapshot:
         return {k: v for k, v in snapshot.items() if not _launcher_variable(k)}
-    from smtk.environment import Environment
-    from smtk.launch.childenv import child_env
 
     return child_env(Environment(environ=environ), launcher)
 
@@ -194,13 +196,6 @@ def clear_failures(base: str) -> None:
                 os.unlink(os.path.join(directory, name))
 
 
-def announce(failure: Failure, settings: Settings) -> None:
-    """Report ``failure`` to every host's ``train`` (best effort)."""
-    from smtk.peers import announce_failure
-
-    announce_failure(failure, settings)
-
-
 # -- the wrapper --------------------------------------------------------------------------------
 
 
@@ -226,7 +221,6 @@ def main(argv: Sequence[str] | None = None, stop: Stop | None = None) -> int:
     if not args:
         log.write("stderr", "usage: python -m smtk.launch.rank -- <command ...>")
         return 2
-    from smtk import supervisor
 
     who = identity(os.environ)
     values = host_environment(os.environ, who.launcher)
@@ -273,7 +267,8 @@ def main(argv: Sequence[str] | None = None, stop: Stop | None = None) -> int:
         # failures are announced and recorded.
         log.write("stderr", f"{host}:{who.rank} smtk: rank failed: {failure.describe()}")
         record_failure(base_dir(merged), failure)
-        announce(failure.evolve(detail="", stderr_tail=failure.stderr_tail[-10:]), settings)
+        # This host's train passes it on to the master, which passes it on to every host.
+        wire.send_report(failure.evolve(stderr_tail=failure.stderr_tail[-10:]), host, settings)
     if result.signal is not None:
         signal.signal(result.signal, signal.SIG_DFL)
         os.kill(os.getpid(), result.signal)

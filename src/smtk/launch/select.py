@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from smtk.entry_point import EntryPoint
 from smtk.environment import Environment
-from smtk.launch import plain
+from smtk.launch import mpi, plain, torchrun
 from smtk.launch.distributed import flag
 from smtk.launch.plan import LaunchPlan
 
@@ -54,11 +54,7 @@ def build_plan(env: Environment, entry: EntryPoint) -> LaunchPlan:
     # The distributed builders (and the cluster code they use) are imported only when
     # needed: a plain job's start-up does not pay for them.
     if launcher in ("mpi", "mpi-worker"):
-        from smtk.launch import mpi
-
         return mpi.build_master_plan(env, entry) if launcher == "mpi" else mpi.build_worker_plan(env)
     if launcher == "torchrun":
-        from smtk.launch import torchrun
-
         return torchrun.build_plan(env, entry)
     return plain.build_plan(env, entry)

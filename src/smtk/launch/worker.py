@@ -3,7 +3,7 @@
 mpirun on the master starts this host's ranks over ssh, so the worker's own ``train``
 has nothing to spawn; it must stay alive (on the platform the container ends with it)
 until the master's run is over, then report the master's outcome. Everything goes over
-the job's status channel (:mod:`smtk.peers`), which ``train`` joined at its start::
+the job's status channel (:mod:`smtk.cluster.session`), which ``train`` joined at its start::
 
     worker train                                   master train
     ────────────                                   ────────────
@@ -35,7 +35,7 @@ import subprocess
 import time
 from typing import TYPE_CHECKING
 
-from smtk import cluster
+from smtk.cluster import probe
 from smtk.environment import Environment
 from smtk.errors import ClusterError
 from smtk.failure import Failure
@@ -44,7 +44,7 @@ from smtk.launch.plan import LaunchPlan
 from smtk.stop import Stop
 
 if TYPE_CHECKING:
-    from smtk.peers import Session
+    from smtk.cluster.session import Session
 
 logger = logging.getLogger("smtk")
 
@@ -88,13 +88,13 @@ def sshd_command(env: Environment) -> list[str]:
         found = shutil.which("sshd", path=env.environ.get("PATH")) or "/usr/sbin/sshd"
         command = [found]
     port = env.settings.ssh_port
-    if port != cluster.DEFAULT_SSH_PORT:
+    if port != probe.DEFAULT_SSH_PORT:
         command += ["-p", str(port)]
     return [*command, "-D", "-e"]
 
 
 def _local_address(env: Environment) -> str:
-    address = cluster.bind_address(env)
+    address = probe.bind_address(env)
     return "127.0.0.1" if address == "0.0.0.0" else address
 
 
@@ -104,8 +104,8 @@ def ensure_sshd(env: Environment, stop: Stop) -> subprocess.Popen[bytes] | None:
     Returns the sshd we started (stopped when the worker ends), or ``None``.
     """
     port = env.settings.ssh_port
-    local = cluster.Peer(_local_address(env), port, "sshd")
-    if cluster.probe(local, env.settings) is None:
+    local = probe.Peer(_local_address(env), port, "sshd")
+    if probe.probe(local, env.settings) is None:
         logger.info("%s: sshd is already listening on port %d", env.current_host, port)
         return None
     command = sshd_command(env)
@@ -138,7 +138,7 @@ def ensure_sshd(env: Environment, stop: Stop) -> subprocess.Popen[bytes] | None:
                 f"{message.splitlines()[-1] if message else 'no message'}",
                 hint="sshd needs host keys (ssh-keygen -A) and /run/sshd",
             )
-        if cluster.probe(local, env.settings) is None:
+        if probe.probe(local, env.settings) is None:
             return proc
         if stop.wait(delay):
             _stop(proc)

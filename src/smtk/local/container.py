@@ -47,6 +47,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 from smtk import log
+from smtk.config import read_resource_config
 from smtk.errors import ConfigError
 from smtk.settings import Settings
 from smtk.stop import Stop
@@ -237,8 +238,6 @@ def run_in_container(
 
 def _current_host(host_root: str) -> str | None:
     """The job's ``current_host``, so the container's hostname is the platform's (``algo-1``)."""
-    from smtk.config import read_resource_config
-
     path = os.path.join(host_root, "input", "config", "resourceconfig.json")
     if not os.path.isfile(path):
         return None

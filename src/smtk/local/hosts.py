@@ -31,8 +31,12 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 
 from smtk import log
+from smtk.environment import Environment
 from smtk.errors import ConfigError
+from smtk.launch.select import launcher_for
 from smtk.lines import LineSink
+from smtk.local import netns
+from smtk.local.netns import Namespaces
 from smtk.settings import Settings, is_set
 from smtk.stop import Stop
 from smtk.supervisor import Child, Supervisor
@@ -47,14 +51,11 @@ def _mode(settings: Settings) -> str:
     chosen = settings.local_hosts
     if chosen != "auto":
         return chosen
-    from smtk.local import netns
 
     return "netns" if netns.available() is None else "loopback"
 
 
 def _uses_mpi(root: str) -> bool:
-    from smtk.environment import Environment
-    from smtk.launch.select import launcher_for
 
     env = Environment(root=root, environ={})
     return launcher_for(env).startswith("mpi")
@@ -90,8 +91,6 @@ def run_hosts(
         stop=stop, grace=stop_grace, grace_setting="smtk local's stop grace", max_runtime=max_runtime
     )
     if mode == "netns":
-        from smtk.local.netns import Namespaces
-
         workdir = tempfile.mkdtemp(prefix="smtk-hosts-")
         try:
             with Namespaces(hosts, workdir) as spaces:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from smtk.errors import ConfigError
 from smtk.local.spec import ChannelSpec, JobSpec
+from smtk.s3 import make_client, parse_s3_uri
 
 logger = logging.getLogger("smtk")
 
@@ -200,8 +201,6 @@ def _place_channel(
 def _download_channel(
     channel: ChannelSpec, target: str, index: int, count: int, environ: Mapping[str, str]
 ) -> None:
-    from smtk.s3 import make_client, parse_s3_uri
-
     uri = parse_s3_uri(channel.source, f"channel {channel.name!r}", "source")
     client = make_client(environ)
     keys: list[str] = []

@@ -19,12 +19,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from smtk import log, report
+from smtk.errors import ConfigError
 from smtk.failure import Failure, Outcome, Success, root_cause
 from smtk.files import read_text
 from smtk.launch.plan import LaunchPlan
+from smtk.local.container import run_in_container
+from smtk.local.hosts import run_hosts
 from smtk.local.layout import HostTree, lay_out
 from smtk.local.spec import ChannelSpec, JobSpec
 from smtk.paths import Paths
+from smtk.pipefeed import PipeFeeder
 from smtk.settings import Settings
 from smtk.stop import Stop
 from smtk.supervisor import run
@@ -100,7 +104,6 @@ def _start_feeders(
 def _feeder(
     channel: ChannelSpec, tree: HostTree, host_count: int, environ: Mapping[str, str], epochs: int | None
 ) -> PipeFeeder:
-    from smtk.pipefeed import PipeFeeder
 
     feeder = PipeFeeder(
         channel=channel.name,
@@ -176,7 +179,6 @@ def _run_one(
 def _run_hosts(
     spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str], stop: Stop | None, settings: Settings
 ) -> list[HostRun]:
-    from smtk.local.hosts import run_hosts
 
     roots = {tree.host: tree.root for tree in trees}
     base = train_environment(spec, trees[0], environ)
@@ -194,11 +196,8 @@ def _run_hosts(
 def _run_in_containers(
     spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str], stop: Stop | None
 ) -> list[HostRun]:
-    from smtk.local.container import run_in_container
 
     if len(trees) > 1:
-        from smtk.errors import ConfigError
-
         raise ConfigError("--image", None, "one host (InstanceCount 1) with a container image", len(trees))
     tree = trees[0]
     container_env = {**dict(spec.environment), "TRAINING_JOB_NAME": spec.job_name}

@@ -32,7 +32,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from smtk.errors import SyncError
-from smtk.s3 import S3Uri, parse_s3_uri
+from smtk.s3 import S3Uri, make_client, parse_s3_uri
 from smtk.settings import SyncSettings
 from smtk.stop import Stop
 from smtk.sync.results import RestoreReport
@@ -92,8 +92,6 @@ def restore_checkpoints(env: Environment, stop: Stop | None = None) -> RestoreRe
             f"cannot create the checkpoint directory {local}: {exc.strerror}",
             hint="check checkpointconfig.json LocalPath",
         ) from None
-
-    from smtk.s3 import make_client
 
     client = make_client(client_environ(env), max_pool_connections=settings.workers * 2 + 4, retries=2)
     policy = RetryPolicy(max_seconds=settings.retry_seconds, max_wait_seconds=settings.retry_max_wait_seconds)

@@ -51,6 +51,7 @@ import http.client
 import logging
 import os
 import re
+import ssl
 import threading
 import time
 import zlib
@@ -590,8 +591,6 @@ class FastPut:
     def _tls_context(self) -> Any:
         with self._lock:
             if self._ssl_context is None:
-                import ssl
-
                 verify = self._verify
                 if isinstance(verify, str):
                     # A CA bundle file (AWS_CA_BUNDLE, ca_bundle) or a directory of certificates.

@@ -44,7 +44,9 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from smtk.s3 import make_client
 from smtk.settings import SyncSettings
+from smtk.sync.fastput import FastPut
 from smtk.sync.results import TargetCounts
 from smtk.sync.retry import Aborted, RetryPolicy, describe, error_code, is_transient
 
@@ -496,8 +498,6 @@ class Uploader:
     def _get_client(self) -> Any:
         with self._client_lock:
             if self._client is None:
-                from smtk.s3 import make_client
-
                 # Our own retry loop does the patient retrying; botocore only smooths blips.
                 self._client = make_client(
                     self._environ, max_pool_connections=self.settings.workers * 2 + 4, retries=2
@@ -512,8 +512,6 @@ class Uploader:
         with self._client_lock:
             if not self._fast_checked:
                 if self.settings.fast_put:
-                    from smtk.sync.fastput import FastPut
-
                     try:
                         self._fast = FastPut.create(client, self._environ)
                     except Exception as exc:  # botocore changed under us: do without it
