@@ -16,8 +16,12 @@ check and the open), and refuses anything but a regular file, naming what it fou
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import resource
 import stat
+
+logger = logging.getLogger("smtk")
 
 
 class NotRegularFile(OSError):
@@ -99,3 +103,28 @@ def is_regular(path: str) -> bool:
     with contextlib.suppress(OSError):
         return stat.S_ISREG(os.stat(path).st_mode)
     return False
+
+
+def ensure_open_files(needed: int) -> int:
+    """Raise this process's soft limit on open files to ``needed`` (up to the hard limit).
+
+    Containers often start with a soft limit of 1024: the master of a 1,000-host job keeps
+    one socket per host. Returns the soft limit in force afterwards.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as exc:
+        logger.warning("cannot raise the open-files limit from %d to %d: %s", soft, wanted, exc)
+        return soft
+    if wanted < needed:
+        logger.warning(
+            "the open-files limit is %d (hard limit), below the %d this host needs: "
+            "raise it (ulimit -n, or the container's nofile ulimit)",
+            wanted,
+            needed,
+        )
+    return wanted

@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from smtk import files
 from smtk.cluster import probe, wire
 from smtk.cluster.hub import Hub
 from smtk.cluster.link import MasterLink
@@ -68,6 +69,8 @@ logger = logging.getLogger("smtk")
 ROOT_CAUSE_WAIT = 2.0
 #: Rank reports one host keeps (the first ones matter; a flood must not eat memory).
 MAX_REPORTS = 1024
+#: Rank reports the master passes on to every host, at most.
+MAX_RELAYED = 16
 #: Launchers whose hosts talk over the channel.
 DISTRIBUTED = ("torchrun", "mpi", "mpi-worker")
 
@@ -116,6 +119,8 @@ class Session:
         self.raised = False
         #: Failures rank wrappers reported (on this host, or relayed by the master).
         self.reports: list[Failure] = []
+        #: Reports the master passed on to every host (see :data:`MAX_RELAYED`).
+        self.relayed = 0
         self.ready_sent = False
         # master side
         self.ready_members: set[str] = set()
@@ -127,9 +132,10 @@ class Session:
         # member side
         self.master_ready = False
         self.master_outcome: tuple[int, Failure | None] | None = None
-        self.hub = Hub(
-            self.host, probe.bind_address(env), self.port, self.members if self.is_master else (), self
-        )
+        served = self.members if self.is_master else []
+        if served:
+            files.ensure_open_files(len(served) + 64)  # one socket per member, and the rest
+        self.hub = Hub(self.host, probe.bind_address(env), self.port, served, self)
         self.link = None if self.is_master else MasterLink(self.host, self.master, self.settings, self)
         self._unhook = stop.on_stop(self._wake) if stop is not None else None
 
@@ -203,12 +209,20 @@ class Session:
             if len(self.reports) >= MAX_REPORTS:
                 return
             self.reports.append(record)
+            # The master passes on the first report, then only root-cause candidates, and at
+            # most MAX_RELAYED of them: when every rank of a large job fails at once (an NCCL
+            # abort), fanning every report out to every host would be quadratic.
+            relay_to_all = self.is_master and (
+                self.relayed == 0 or (not record.secondary and self.relayed < MAX_RELAYED)
+            )
+            if relay_to_all:
+                self.relayed += 1
             self.cond.notify_all()
         if not relay:
             return
-        if self.is_master:
+        if relay_to_all:
             self.hub.broadcast(wire.report(record), exclude={record.host} if record.host else ())
-        elif self.link is not None:
+        elif not self.is_master and self.link is not None:
             self.link.send(wire.report(record))
 
     # -- the link's events (members) -----------------------------------------------------------------
