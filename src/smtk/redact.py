@@ -22,7 +22,7 @@ positives: ``sort_key``, ``s3_key``, ``bypass``, ``monkey``.
 **What** :meth:`Masker.mask` **masks** (the mask is ``****``), in this order:
 
 1. the known secret values (4 characters or more; :func:`secret_values` collects them),
-   longest first, wherever they appear;
+   wherever they appear (overlapping occurrences as one mask);
 2. the body of a PEM private-key block (``-----BEGIN ... PRIVATE KEY-----`` to the END
    line, or to the end of the text);
 3. values that are secrets by their shape: AWS access key ids (``AKIA``/``ASIA`` + 16),
@@ -66,7 +66,8 @@ position after another, which is what made the old ``[A-Za-z0-9_.-]*(?:password|
   a known position (the separator, a value run, the start of a name) are never searched.
 - A URL authority holds no ``/``, so the authorities after successive ``://`` never
   overlap; a PEM block without END masks to the end of the text (no END search repeats).
-- Known values are replaced with ``str.replace`` (C, one pass each); hostile JSON given to
+- Known values are found with ``str.find`` (C, one pass each) and the text is rebuilt
+  once (``str.replace`` value by value past 1000 occurrences); hostile JSON given to
   :func:`secret_values` is walked 32 levels deep at most and no string over 1 MB is
   decoded.
 
@@ -104,6 +105,8 @@ _MAX_DEPTH = 32
 _MAX_DECODE = 1 << 20
 #: Below this length mask() checks which trigger words occur before running their patterns.
 _GATE_LIMIT = 4096
+#: More occurrences of known values than this in one text: replaced value by value in C.
+_MAX_VALUE_HITS = 1000
 
 # ---------------------------------------------------------------------------------------
 # Names
@@ -168,9 +171,11 @@ def _secret_name_cached(name: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# Free text. Every pattern below runs on the ASCII-lowered text unless it says otherwise.
+# Free text. The patterns that search run on the text lowered (ASCII letters only, so that
+# indexes match); the ones matched at a known position run on the text itself.
 
 _NAME_CHARS = r"a-z0-9_.\-"
+_NAME_SET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 # "=" or ":" (not "==", "::" or ":="), after an optional closing quote (plain or escaped).
 _SEP_PATTERN = r"(?:\\?[\"'])?[ \t]*(?:=(?!=)|:(?![:=]))[ \t]*"
 _SEP = re.compile(_SEP_PATTERN)
@@ -205,11 +210,12 @@ _OPTION = re.compile(
     rf"--(?<![{_NAME_CHARS}]--)(?=[{_NAME_CHARS}]*?(?:{'|'.join(word for word, _ in _TRIGGERS)}))"
     rf"(?=([{_NAME_CHARS}]+))\1[ \t]+"
 )
-# Greedy to the end of the window, then back to its last character that ends a name.
-_LAST_BREAK = re.compile(rf"[\s\S]*[^{_NAME_CHARS}]")
-# On the original text: a value runs up to whitespace , ; & or a closing bracket or quote.
+# On the original text from here. Greedy to the end of the window, then back to its last
+# character that ends a name.
+_LAST_BREAK = re.compile(r"[\s\S]*[^A-Za-z0-9_.\-]")
+# A value runs up to whitespace , ; & or a closing bracket or quote.
 _VALUE_RUN = re.compile(r"[^\s,;&)\]}>\"'`]*")
-_AUTH_SCHEME = re.compile(r"(?:bearer|basic|token|digest)[ \t]+(?=[^\s,;&)\]}>\"'`])")
+_AUTH_SCHEME = re.compile(r"(?:bearer|basic|token|digest)[ \t]+(?=[^\s,;&)\]}>\"'`])", re.IGNORECASE)
 _ASCII_LOWER = {code: code + 32 for code in range(ord("A"), ord("Z") + 1)}
 
 # On the original text: "://" after a scheme, then the authority (which never holds
@@ -244,6 +250,35 @@ def _run_end(pattern: re.Pattern[str], text: str, pos: int) -> int:
     """End of ``pattern`` (a repetition, which always matches) at ``pos``."""
     match = pattern.match(text, pos)
     return match.end() if match is not None else pos
+
+
+def _mask_values(text: str, values: tuple[str, ...]) -> str:
+    """Every occurrence of the known values masked (overlapping ones as one), building the
+    result once; with more than 1000 occurrences, ``str.replace`` value by value instead."""
+    spans: list[tuple[int, int]] = []
+    for value in values:
+        size = len(value)
+        at = text.find(value)
+        while at >= 0:
+            if len(spans) >= _MAX_VALUE_HITS:
+                for each in values:
+                    text = text.replace(each, MASK)
+                return text
+            spans.append((at, at + size))
+            at = text.find(value, at + size)
+    if not spans:
+        return text
+    spans.sort()
+    pieces: list[str] = []
+    last = 0
+    for start, end in spans:
+        if start > last or not pieces:
+            pieces += (text[last:start], MASK)
+            last = end
+        elif end > last:
+            last = end  # overlaps (or touches) the previous one: one mask
+    pieces.append(text[last:])
+    return "".join(pieces)
 
 
 def _mask_pem(text: str) -> str:
@@ -285,11 +320,10 @@ class _Values:
     separator), so a run end or closing quote found once answers every later question
     about a position before it."""
 
-    __slots__ = ("_closing", "_lower", "_run", "_text")
+    __slots__ = ("_closing", "_run", "_text")
 
-    def __init__(self, text: str, lower: str) -> None:
+    def __init__(self, text: str) -> None:
         self._text = text
-        self._lower = lower
         self._run = (0, -1)  # the last unquoted run scanned: [start, end)
         self._closing: dict[str, tuple[int, int]] = {}  # quote -> (searched from, found or -1)
 
@@ -303,6 +337,8 @@ class _Values:
             start += 1
             if start >= size:
                 return start, start, False
+        if text[start] in "bBrRuU" and start + 1 < size and text[start + 1] in "\"'":
+            start += 1  # a Python literal: b'...' (botocore logs its headers so)
         char = text[start]
         if char in "\"'":
             quote = char
@@ -318,7 +354,7 @@ class _Values:
 
     def _after_scheme(self, start: int, end: int) -> int:
         """Where the credential starts: after ``Bearer `` (or Basic, Token, Digest) if present."""
-        scheme = _AUTH_SCHEME.match(self._lower, start, end)
+        scheme = _AUTH_SCHEME.match(self._text, start, end)
         return scheme.end() if scheme is not None else start
 
     def _run_end(self, start: int) -> int:
@@ -349,22 +385,22 @@ class _Values:
         return found
 
 
-def _name_start(lower: str, done: int, found: int) -> int:
+def _name_start(text: str, done: int, found: int) -> int:
     """Where the name around ``found`` starts (not before ``done``). Looks at most 256
     characters back first: those windows never overlap, nor does the longer fallback."""
     window = max(done, found - 256)
-    brk = _LAST_BREAK.match(lower, window, found)
+    brk = _LAST_BREAK.match(text, window, found)
     if brk is not None:
         return brk.end()
     if window > done:
-        brk = _LAST_BREAK.match(lower, done, window)
+        brk = _LAST_BREAK.match(text, done, window)
         return brk.end() if brk is not None else done
     return done
 
 
-def _mask_inline(text: str) -> tuple[str, bool]:
+def _mask_inline(text: str, urls: bool) -> tuple[str, bool]:
     """Values of secret names written inline (``NAME=value``, ``--NAME value``, ...), and
-    whether a masked value held a character that ends a URL authority."""
+    (with ``urls``) whether a masked value held a character that ends a URL authority."""
     lower = _ascii_lower(text)
     gate = len(text) <= _GATE_LIMIT
     # (where the name's secret word or "--" starts, where the name ends,
@@ -386,8 +422,9 @@ def _mask_inline(text: str) -> tuple[str, bool]:
         candidates.extend((m.start(), m.end(1), m.end(), True) for m in _OPTION.finditer(lower))
     if not candidates:
         return text, False
+    del lower  # 10 MB less held while the result is built: fewer fresh pages to fault in
     candidates.sort()
-    values = _Values(text, lower)
+    values = _Values(text)
     pieces: list[str] = []
     last = done = 0  # text copied up to; names examined up to
     size = len(text)
@@ -395,13 +432,16 @@ def _mask_inline(text: str) -> tuple[str, bool]:
     for found, name_end, value_at, option in candidates:
         if found < done:
             continue  # inside a name already judged
-        name_start = found if option else _name_start(lower, done, found)
+        if option or found == done or text[found - 1] not in _NAME_SET:
+            name_start = found  # the secret word starts the name (or "--" does)
+        else:
+            name_start = _name_start(text, done, found)
         done = name_end
-        if not _secret_name_cached(lower[name_start:name_end]):
+        if not _secret_name_cached(text[name_start:name_end]):
             continue
         value = value_at
         if value < 0:
-            sep = _SEP.match(lower, name_end)
+            sep = _SEP.match(text, name_end)
             if sep is None:
                 continue
             value = sep.end()
@@ -414,14 +454,15 @@ def _mask_inline(text: str) -> tuple[str, bool]:
                     pieces += (text[last:mask_from], MASK)
                 # else a name inside the previous value, whose value goes further: one mask
                 new_from = max(mask_from, last)
-                stops = stops or _AUTHORITY_STOP.search(text, new_from, mask_to) is not None
+                if urls and not stops:
+                    stops = _AUTHORITY_STOP.search(text, new_from, mask_to) is not None
                 last = mask_to
             if not quoted:
                 break
             done = max(done, mask_to)  # names inside a quoted value are part of it
             # A quoted string followed by a separator was a key: token: "password": "x".
-            sep = _SEP.match(lower, mask_to)
-            if sep is None or not _secret_name_cached(lower[mask_from:mask_to]):
+            sep = _SEP.match(text, mask_to)
+            if sep is None or not _secret_name_cached(text[mask_from:mask_to]):
                 break
             value = sep.end()
     if not pieces:
@@ -476,11 +517,11 @@ class Masker:
         secrets masked; linear in ``len(text)``."""
         if not text:
             return text
-        for value in self._values:
-            text = text.replace(value, MASK)
-        text = _mask_shapes(_mask_pem(text))
-        text, stops = _mask_inline(_mask_urls(text))
-        if stops and "://" in text:
+        text = _mask_shapes(_mask_pem(_mask_values(text, self._values)))
+        urls = "://" in text
+        text = _mask_urls(text)  # (each step lets go of the text before: less memory held)
+        text, stops = _mask_inline(text, urls)
+        if stops:
             # A masked value held the "/" (or space...) that ended an authority: without it
             # the authority may reach a later "@". Mask as a second call would.
             text = _mask_urls(text)

@@ -95,6 +95,7 @@ MASKED = [
     ("[credentials=abc]", f"[credentials={MASK}]"),
     ("token=[abc]", f"token=[{MASK}]"),
     ('password="unterminated value', f'password="{MASK}'),
+    ("{'X-Amz-Security-Token': b'FwoGZX', 'n': b'x'}", f"{{'X-Amz-Security-Token': b'{MASK}', 'n': b'x'}}"),
     # option style
     ("run --hf-token abc --lr 0.1", f"run --hf-token {MASK} --lr 0.1"),
     ("run --password=abc --lr=0.1", f"run --password={MASK} --lr=0.1"),
@@ -159,6 +160,13 @@ def test_known_values_are_masked_longest_first() -> None:
     masker = Masker(["abcd", "abcdefgh", "xy", "wxyz"])
     assert masker.values == ("abcdefgh", "abcd", "wxyz")  # "xy" is too short to mask
     assert masker.mask("abcdefgh abcd xy") == f"{MASK} {MASK} xy"
+
+
+def test_overlapping_and_frequent_values_are_masked_whole() -> None:
+    assert Masker(["abcd", "cdef"]).mask("x abcdef y") == f"x {MASK} y"
+    assert Masker(["abcd", "efgh"]).mask("abcdefgh") == MASK
+    many = " ".join(["t0ps3cret"] * 2000)  # past 1000 occurrences: replaced value by value
+    assert Masker(["t0ps3cret", "other-value"]).mask(many) == " ".join([MASK] * 2000)
 
 
 def test_values_can_be_added_while_other_threads_mask() -> None:
@@ -353,7 +361,7 @@ FRAGMENTS = [
     "password", "token", "key", "secret", "pad_token", "auth", "Bearer ", "=", "==", ":", " ", "\t", "\n",
     '"', "'", "\\", "\\\"", "://", "@", "/", ",", ";", "&", "?", "--", "-", "[", "]", "{", "}", "(", ")",
     "AKIA", "ABCDEFGHIJKLMNOP", "ghp_", "hf_", "xoxb-", "eyJ", ".", "abcdefghij0123456789",
-    "-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY-----", "https", "x", "1", "İ", "é",
+    "-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY-----", "https", "x", "1", "İ", "é", "b'",
 ]  # fmt: skip
 texts = st.lists(st.sampled_from(FRAGMENTS) | st.text(TEXT_CHARS, max_size=8), max_size=30).map("".join)
 values_st = st.lists(st.text(VALUE_CHARS, min_size=4, max_size=16), max_size=5)

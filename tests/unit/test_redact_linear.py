@@ -83,13 +83,16 @@ def test_long_names_and_argv_items_do_not_hang() -> None:
 def test_secret_values_are_bounded_on_hostile_input() -> None:
     deep_json = "[" * 200_000 + "]" * 200_000  # json.loads: RecursionError, caught
     nested = json.dumps({"password": "hunter22"})
-    for _ in range(40):  # 40 levels of JSON in JSON: walked to 32 levels only
-        nested = json.dumps(nested)
-    wide = {f"key_{i}": f"value-{i:06d}" for i in range(100_000)}
+    for _ in range(10):  # JSON in a JSON string, 10 times (each level doubles the escapes)
+        nested = json.dumps({"config": nested})
+    deep_lists = "[" * 5_000 + json.dumps({"password": "deep-value"}) + "]" * 5_000  # past 32 levels
+    wide = {f"key_{i}": f"value-{i:06d}" for i in range(30_000)}  # under 1 MB of JSON: decoded
     found = secret_values(
-        {"a": deep_json, "b": nested, "c": fill("{"), "api_key": fill("x"), "config": json.dumps(wide)}
+        {"a": deep_json, "b": nested, "c": fill("{"), "d": deep_lists, "api_key": fill("x")},
+        {"config": json.dumps(wide)},
     )
-    assert len(found) == 100_001 and found[0] == fill("x")
+    assert len(found) == 30_002 and found[0] == fill("x") and "hunter22" in found
+    assert "deep-value" not in found
 
 
 @pytest.mark.timeout(60)
