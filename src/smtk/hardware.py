@@ -34,8 +34,10 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 PROBE_TIMEOUT_S = 20.0
-_GPU_LINE = re.compile(r"GPU (\d+):.*?(?:\(UUID: ([^)]+)\))?\s*")
-_MIG_LINE = re.compile(r"MIG .*\(UUID: (MIG-[^)]+)\)\s*")
+# "GPU 0: NVIDIA A10G (UUID: GPU-...)": the ordinal, then the UUID found with str.find (no
+# backtracking over the model name); MIG lines likewise.
+_GPU_LINE = re.compile(r"GPU (\d{1,6}):")
+_UUID = "(UUID: "
 
 
 class GpuInfo(NamedTuple):
@@ -89,17 +91,32 @@ def _run_probe(argv: list[str]) -> str | None:
 def list_gpus() -> tuple[GpuInfo, ...]:
     """The GPUs ``nvidia-smi`` sees (cached for the life of the process)."""
     out = _run_probe(["nvidia-smi", "--list-gpus"])
-    if out is None:
-        return ()
+    return () if out is None else parse_gpu_listing(out)
+
+
+def parse_gpu_listing(out: str) -> tuple[GpuInfo, ...]:
+    """The GPUs (and their MIG devices) in the output of ``nvidia-smi --list-gpus``."""
     gpus: list[GpuInfo] = []
     for line in out.splitlines():
         text = line.strip()
-        if match := _GPU_LINE.fullmatch(text):
-            gpus.append(GpuInfo(int(match.group(1)), match.group(2)))
-        elif (mig := _MIG_LINE.fullmatch(text)) and gpus:
-            last = gpus[-1]
-            gpus[-1] = GpuInfo(last.ordinal, last.uuid, (*last.migs, mig.group(1)))
+        if match := _GPU_LINE.match(text):
+            gpus.append(GpuInfo(int(match.group(1)), _uuid_in(text)))
+        elif text.startswith("MIG ") and gpus:
+            uuid = _uuid_in(text)
+            if uuid is not None and uuid.startswith("MIG-"):
+                last = gpus[-1]
+                gpus[-1] = GpuInfo(last.ordinal, last.uuid, (*last.migs, uuid))
     return tuple(gpus)
+
+
+def _uuid_in(text: str) -> str | None:
+    """The ``(UUID: ...)`` of a ``nvidia-smi --list-gpus`` line, if it has one."""
+    start = text.find(_UUID)
+    if start < 0:
+        return None
+    end = text.find(")", start)
+    uuid = text[start + len(_UUID) : end if end >= 0 else None]
+    return uuid or None
 
 
 _HIDDEN = ("", "none", "void", "nodevfiles")

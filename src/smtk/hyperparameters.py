@@ -51,8 +51,10 @@ _TRUE = frozenset({"true", "1", "yes", "y", "on"})
 _FALSE = frozenset({"false", "0", "no", "n", "off"})
 # ASCII only, no "_" separators: int()/float() alone would accept "1_000" and "١٢".
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
+# The fraction needs its dot ("[0-9]+(?:\.[0-9]*)?"): "[0-9]+\.?[0-9]*" would split a long run
+# of digits every possible way before failing (quadratic on "1111...x").
 _FLOAT_TEXT = re.compile(
-    r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.I
+    r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.I
 )
 
 

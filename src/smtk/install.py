@@ -56,7 +56,9 @@ REQUIREMENTS = "requirements.txt"
 TAIL_LINES = 200
 #: At most this many of pip's error lines go into the message.
 ERROR_LINES = 20
-_URL_USERINFO = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://(?P<user>[^/@\s:]+)(?::(?P<password>[^/@\s]*))?@")
+# Starts with the literal "://" (the regex engine jumps from one to the next) and each run
+# stops at the next "/": linear in the text, however hostile (no scheme to backtrack over).
+_URL_USERINFO = re.compile(r"://(?P<user>[^/@\s:]+)(?::(?P<password>[^/@\s]*))?@")
 
 
 @dataclass(frozen=True)
