@@ -12,7 +12,10 @@ until you ask for it. The public face::
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+# Not typing.TYPE_CHECKING: `typing` (and the `re` it imports) would be most of the cost of
+# `import smtk`, which the console scripts pay before they can install their stop handler.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
 _LAZY = {"Environment": "smtk.environment", "ConfigError": "smtk.errors", "SmtkError": "smtk.errors"}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'smtk' has no attribute {name!r}")

@@ -11,9 +11,14 @@ for, so ``smtk env`` never pays for what ``smtk local`` needs. Each subcommand l
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
 from smtk.stop import Stop
+
+# Not typing.TYPE_CHECKING, nor a runtime import of collections.abc: every module imported
+# here runs before the stop handler is installed (see smtk.stop).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -38,16 +38,20 @@ platform's 120 s window.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
-from types import FrameType
-from typing import TypeVar
 
-T = TypeVar("T")
+# Not typing.TYPE_CHECKING: this module is imported before the stop handler is installed,
+# and `typing` (with the `re` it imports) would be most of that time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 #: Seconds a helper process (pip, the container engine) gets between SIGTERM and SIGKILL.
 HELPER_GRACE = 5.0
@@ -115,16 +119,20 @@ class Stop:
         if self._pipe is not None:
             write_end = self._pipe[1]
             self._pipe = None
-            with contextlib.suppress(OSError):
+            try:
                 os.write(write_end, b"q")  # wakes the watcher, which closes both ends
+            except OSError:
+                pass
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # Only records: the watcher thread (or whoever waits) acts on it.
         self._record(signum)
         pipe = self._pipe
         if pipe is not None:
-            with contextlib.suppress(OSError):
+            try:
                 os.write(pipe[1], b"s")
+            except OSError:
+                pass  # the pipe is full (the watcher will wake anyway) or closed
 
     def _watch(self, read_end: int) -> None:
         write_end = self._pipe[1] if self._pipe else -1
@@ -138,8 +146,10 @@ class Stop:
             return
         finally:
             for fd in (read_end, write_end):
-                with contextlib.suppress(OSError):
+                try:
                     os.close(fd)
+                except OSError:
+                    pass
 
     # -- recording ----------------------------------------------------------------------------
 
@@ -183,8 +193,9 @@ class Stop:
             callback(signum)
 
         def remove() -> None:
-            with self._lock, contextlib.suppress(ValueError):
-                self._callbacks.remove(callback)
+            with self._lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
 
         return remove
 
