@@ -27,6 +27,7 @@ failure is an :class:`~smtk.errors.EntryPointError` that lists what the code dir
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
@@ -190,17 +191,22 @@ def describe_dir(code_dir: str, limit: int = LISTING_LIMIT) -> str:
     return ", ".join(shown) + more
 
 
-def suggestion(code_dir: str) -> str | None:
-    """The only ``.py``/``.sh`` file at the top of ``code_dir``, if there is exactly one."""
+def suggestion(code_dir: str, name: str = "") -> str | None:
+    """The script ``name`` was most likely meant to be: the closest ``.py``/``.sh`` file
+    in ``code_dir`` (``trian.py`` -> ``train.py``), else the only one there is."""
     try:
         names = os.listdir(code_dir)
     except OSError:
         return None
-    scripts = [
+    scripts = sorted(
         n
         for n in names
         if n.endswith((".py", ".sh")) and n != "setup.py" and os.path.isfile(os.path.join(code_dir, n))
-    ]
+    )
+    if name:
+        close = difflib.get_close_matches(name, scripts, n=1, cutoff=0.8)
+        if close:
+            return close[0]
     return scripts[0] if len(scripts) == 1 else None
 
 
@@ -220,7 +226,7 @@ def _function_entry(value: str, code_dir: str) -> EntryPoint:
 
 def _fail(name: str, code_dir: str, problem: str) -> EntryPointError:
     hint = f"the code dir {code_dir} contains: {describe_dir(code_dir)}"
-    suggested = suggestion(code_dir)
+    suggested = suggestion(code_dir, name)
     if suggested is not None and suggested != name:
         hint += f"; did you mean {suggested!r}?"
     return EntryPointError(f"entry point {name!r}: {problem}", hint=hint)

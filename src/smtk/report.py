@@ -168,10 +168,10 @@ def finish(paths: Paths, outcome: Outcome, masker: Masker | None = None) -> int:
         )
     exit_status = failure.exit_status if failure.exit_status != 0 else 1
     record = masker.mask_tree(_record(failure, exit_status, user_failure))
-    text = masker.mask(render_failure(failure))
+    text = masker.mask(render_failure(failure, FAILURE_LIMIT - 1))  # room for the final newline
     try:
         if user_failure is None:
-            _write_atomic(paths.failure_file, text)
+            _write_atomic(paths.failure_file, text + "\n")
         else:
             logger.info("keeping the failure file the training script wrote (%s)", paths.failure_file)
         _write_atomic(paths.failure_json_file, json.dumps(record, indent=2, sort_keys=True) + "\n")

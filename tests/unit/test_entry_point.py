@@ -255,3 +255,12 @@ def test_ensure_executable_leaves_sh_scripts_without_shebang(tmp_path: Path) -> 
     path.chmod(0o644)
     ensure_executable(resolve(env))
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize(
+    ("asked", "meant"), [("trian.py", "train.py"), ("Train.py", "train.py"), ("tarin.py", "train.py")]
+)
+def test_a_typo_gets_the_nearest_script(tmp_path: Path, asked: str, meant: str) -> None:
+    with pytest.raises(EntryPointError) as info:
+        resolve(env_for(tmp_path, {"train.py": "", "prepare.py": "", "eval.py": ""}, asked))
+    assert f"did you mean {meant!r}?" in str(info.value)

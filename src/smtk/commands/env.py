@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
     reveal = bool(args.reveal_secrets)
     masker = log.masker()
+    if args.root is not None and not os.path.isdir(args.root):
+        log.write("stderr", f"smtk env: no job tree at {args.root}: not a directory")
+        return 2
     try:
         env = Environment(root=args.root)
         masker.add(secret_values(env.raw_hyperparameters, env.environ))

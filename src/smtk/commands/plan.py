@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict
 from typing import Any
 
@@ -22,6 +23,7 @@ from smtk.cluster import readiness
 from smtk.environment import Environment
 from smtk.errors import SmtkError
 from smtk.launch import select
+from smtk.paths import Paths
 from smtk.redact import MASK, is_secret_name, secret_values
 
 
@@ -35,6 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
 
     masker = log.masker()
+    root = Paths.at(args.root) if args.root is not None else Paths.from_environ()
+    if not os.path.isdir(root.root):
+        how = (
+            ""
+            if args.root is not None
+            else "; name one with --root DIR (smtk local lays out <job-dir>/algo-N)"
+        )
+        log.write("stderr", f"smtk plan: no job tree at {root.root}{how}")
+        return 2
     try:
         env = Environment(root=args.root)
         masker.add(secret_values(env.raw_hyperparameters, env.environ))
