@@ -228,3 +228,21 @@ def test_a_stop_ends_a_probe_wait_at_once() -> None:
     with pytest.raises(Stopped) as info:
         probe.wait_for([probe.Peer("algo-9.invalid", 22, "sshd")], Settings(), 600, stop=stop)
     assert time.monotonic() - started < 10 and info.value.signum == signal.SIGINT
+
+
+def test_a_member_does_not_linger_after_the_master_hung_up(
+    pair: tuple[Environment, Environment], sessions: list[Session]
+) -> None:
+    master = _session(pair[0], sessions)
+    member = _session(pair[1], sessions)
+    member.mark_ready()
+    master.mark_ready()
+    member.wait_ready([], 30)
+    master.settle(Success(1.0, host="algo-1"))
+    member.settle(Success(1.0, host="algo-2"))
+    master.close()  # the master is done and hangs up first
+    with member.cond:
+        member.cond.wait_for(lambda: not member.link.connected, 30)  # type: ignore[union-attr]
+    started = time.monotonic()
+    member.close()  # its outcome was delivered while connected: nothing left to wait for
+    assert time.monotonic() - started < 5, "the member waited out SMTK_OUTCOME_LINGER (30 s)"

@@ -56,6 +56,8 @@ class MasterLink:
         self._closed = threading.Event()
         self.attempts = 0
         self.problem = "not tried yet"
+        #: Whether the link was ever up (what was queued before then has been sent).
+        self.ever_connected = False
         threading.Thread(target=self._run, name="smtk-status-master", daemon=True).start()
 
     @property
@@ -107,6 +109,7 @@ class MasterLink:
                 for message in pending:
                     sock.sendall(wire.encode(message))
             self._sock = sock
+            self.ever_connected = True
         self._events.on_link_changed()
         self._read(sock)
 

@@ -491,8 +491,12 @@ class Session:
                         "hosts never connected to learn this host's outcome: %s", ", ".join(missing[:50])
                     )
             elif self.link is not None and self.settled.is_set():
+                # A member that failed before it reached the master keeps trying to deliver
+                # its outcome; once the link was up, everything queued has been sent (the
+                # master may well have hung up since: that is no reason to wait).
                 link = self.link
-                self.cond.wait_for(lambda: link.connected or stopped(), max(0.0, deadline - time.monotonic()))
+                left = max(0.0, deadline - time.monotonic())
+                self.cond.wait_for(lambda: link.ever_connected or stopped(), left)
             self.closed.set()
             self.cond.notify_all()
         if self.link is not None:
