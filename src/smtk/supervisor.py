@@ -44,7 +44,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -126,8 +125,29 @@ def become_subreaper() -> None:
 def _mark_of(environ: Mapping[str, str]) -> str:
     """A new mark below the one this process carries (so a parent's sweep finds our children)."""
     parent = supervised_mark(environ)
-    own = uuid.uuid4().hex[:12]
+    own = os.urandom(6).hex()
     return f"{parent}/{own}" if parent else own
+
+
+def has_children() -> bool:
+    """Whether this process has any child (alive or zombie), from ``/proc`` (Linux 3.5+).
+
+    ``True`` when it cannot tell, so that the caller looks properly.
+    """
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return True
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children", "rb") as handle:
+                if handle.read(1):
+                    return True
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        except OSError:
+            return True
+    return False
 
 
 def sweep(mark: str, *, grace: float = STRAGGLER_GRACE, exclude: Sequence[int] = ()) -> int:
@@ -136,7 +156,9 @@ def sweep(mark: str, *, grace: float = STRAGGLER_GRACE, exclude: Sequence[int] =
     SIGTERM, then SIGKILL after ``grace`` seconds; reaps what it killed. Returns how
     many processes it found.
     """
-    import psutil  # declared dependency; imported only when a child ends
+    if not has_children():
+        return 0  # the usual case: nothing left, and no need to load psutil to learn it
+    import psutil  # declared dependency; imported only when there is something to look at
 
     me = psutil.Process()
     try:

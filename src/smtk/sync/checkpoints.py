@@ -28,7 +28,6 @@ import os
 import queue
 import threading
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from smtk.errors import SyncError
@@ -186,7 +185,7 @@ def _download(client: Any, bucket: str, key: str, dest: str, size: int, threshol
         client.download_file(bucket, key, dest)
         return
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    tmp = f"{dest}.smtk-restore-{uuid.uuid4().hex[:8]}"
+    tmp = f"{dest}.smtk-restore-{os.urandom(4).hex()}"
     try:
         with open(tmp, "wb") as handle:
             handle.write(body)
