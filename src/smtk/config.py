@@ -35,6 +35,7 @@ from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, cast
 
 from smtk.errors import ConfigError
+from smtk.files import kind_of
 
 InputMode = Literal["File", "FastFile", "Pipe"]
 DistributionType = Literal["FullyReplicated", "ShardedByS3Key"]
@@ -121,7 +122,7 @@ def load_json_object(path: str, *, required: bool = False) -> dict[str, Any] | N
     except OSError as exc:
         raise ConfigError(name, None, "a readable file", f"<{exc.strerror}: {path}>") from None
     if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(name, None, "a regular JSON file", f"<{_file_kind(info.st_mode)} at {path}>")
+        raise ConfigError(name, None, "a regular JSON file", f"<{kind_of(info.st_mode)} at {path}>")
     if info.st_size > MAX_CONFIG_BYTES:
         raise ConfigError(
             name, None, f"at most {MAX_CONFIG_BYTES} bytes", f"<{info.st_size} bytes at {path}>"
@@ -165,18 +166,6 @@ def parse_json_object(name: str, data: bytes) -> dict[str, Any]:
     if "\\u" in text:
         _check_text(name, value, None)
     return value
-
-
-def _file_kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
 
 
 def _check_text(name: str, value: object, key: str | None) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.jobtree import clean_env, make_tree
-from tests.helpers.processes import hanging_setup_py
+from tests.helpers.processes import hanging_setup_py, pid_alive
 from tests.helpers.s3server import CREDENTIALS
 
 TRAIN = str(Path(sys.executable).parent / "train")
@@ -253,7 +253,17 @@ def test_while_pip_builds_a_package_that_ignores_sigterm(tmp_path: Path) -> None
     while not (pid_file.exists() and pid_file.read_text()):
         assert time.monotonic() < deadline and proc.poll() is None, "the build never started"
         time.sleep(0.05)
-    stop_and_check(proc, root, lines, "while pip was installing the job's dependencies")
+    build = int(pid_file.read_text())
+    try:
+        first = stop_and_check(proc, root, lines, "while pip was installing the job's dependencies")
+        assert first == "Stopped: train received SIGTERM while pip was installing the job's dependencies"
+        deadline = time.monotonic() + 10
+        while pid_alive(build) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(build), "the build that ignored SIGTERM outlived the job"
+    finally:
+        if pid_alive(build):
+            os.kill(build, signal.SIGKILL)
 
 
 def test_while_the_training_code_runs(tmp_path: Path) -> None:
