@@ -227,14 +227,15 @@ _AUTHORITY_STOP = re.compile(r"[/\s?#\"'<>`\\]")
 # On the original text: values that are secrets by their shape.
 # Each with a character it needs: a one-character "in" (memchr) skips the pattern.
 _SHAPES = (
+    # (literal parts, one of which the shape contains: a cheap test that skips the scan)
     # AWS access key id; "*" counts as a word character so that masking a neighbour
     # (``AKIA...xoxb-...``) does not make one appear.
-    ("I", re.compile(r"A[KS]IA(?<![A-Za-z0-9*]A[KS]IA)[A-Z0-9]{16}(?![A-Za-z0-9*])")),
-    ("_", re.compile(r"gh[pousr]_[A-Za-z0-9]{36,}")),  # GitHub
-    ("_", re.compile(r"hf_[A-Za-z0-9]{30,}")),  # Hugging Face
-    ("-", re.compile(r"xox[abprs]-[A-Za-z0-9-]{10,}")),  # Slack
+    (("AKIA", "ASIA"), re.compile(r"A[KS]IA(?<![A-Za-z0-9*]A[KS]IA)[A-Z0-9]{16}(?![A-Za-z0-9*])")),
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), re.compile(r"gh[pousr]_[A-Za-z0-9]{36,}")),  # GitHub
+    (("hf_",), re.compile(r"hf_[A-Za-z0-9]{30,}")),  # Hugging Face
+    (("xox",), re.compile(r"xox[abprs]-[A-Za-z0-9-]{10,}")),  # Slack
     # JWT: one attempt per run (the lookbehind), each part scanned once.
-    ("J", re.compile(r"eyJ(?<![\w\-]eyJ)[\w\-]{7,}\.eyJ[\w\-]{7,}\.[\w\-]{10,}", re.ASCII)),
+    (("eyJ",), re.compile(r"eyJ(?<![\w\-]eyJ)[\w\-]{7,}\.eyJ[\w\-]{7,}\.[\w\-]{10,}", re.ASCII)),
 )
 _PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 _PEM_END = re.compile(r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
@@ -303,8 +304,8 @@ def _mask_pem(text: str) -> str:
 
 
 def _mask_shapes(text: str) -> str:
-    for needed, pattern in _SHAPES:
-        if needed in text:
+    for parts, pattern in _SHAPES:
+        if any(part in text for part in parts):
             text = pattern.sub(MASK, text)
     return text
 
