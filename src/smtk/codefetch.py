@@ -2,8 +2,9 @@
 
 Sources, as the reference accepts them:
 
-- ``s3://bucket/key.tar.gz``: downloaded with boto3 (``S3_ENDPOINT_URL``, ``AWS_REGION``,
-  ``SAGEMAKER_REGION`` honoured) to a temporary file, then unpacked;
+- ``s3://bucket/key.tar.gz``: downloaded (:mod:`smtk.s3.engine`: in parallel parts when
+  large, with progress lines; ``S3_ENDPOINT_URL``, ``AWS_REGION``, ``SAGEMAKER_REGION``
+  honoured) to a temporary file, then unpacked;
 - a local ``.tar``/``.tar.gz``/``.tgz`` (any tar the :mod:`tarfile` module reads);
 - a local directory: copied (nothing to do when it *is* the code dir);
 - any other local file: copied into the code dir;
@@ -37,16 +38,20 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from smtk.errors import ArchiveError, ConfigError
 from smtk.files import describe, is_regular
 from smtk.log import logger
+from smtk.progress import Progress, human_size
 from smtk.redact import redact_url
-from smtk.s3 import make_client, parse_s3_uri
-from smtk.settings import Settings
+from smtk.s3 import parse_s3_uri
+from smtk.s3.engine import Engine
+from smtk.s3.retry import Aborted, error_code
+from smtk.s3.retry import describe as describe_error
+from smtk.settings import S3Settings, Settings
 from smtk.stop import Stop
 
 if TYPE_CHECKING:
@@ -61,8 +66,6 @@ DEFAULT_MAX_MEMBERS = 100_000
 DEFAULT_MAX_BYTES = 20 * 1024**3
 MAX_MEMBERS_ENV = "SMTK_CODE_MAX_MEMBERS"
 MAX_BYTES_ENV = "SMTK_CODE_MAX_BYTES"
-#: Downloads at least this big log their progress.
-PROGRESS_MIN_BYTES = 64 * 1024**2
 _MAX_LINK_DEPTH = 40
 
 
@@ -108,7 +111,14 @@ def fetch_code(env: Environment, stop: Stop | None = None) -> FetchReport | None
         raise ConfigError(
             "hyperparameters.json", "sagemaker_submit_directory", "an s3:// URI or a local path", source
         )
-    return fetch(source, env.paths.code_dir, env.environ, Limits.from_settings(env.settings), stop=stop)
+    return fetch(
+        source,
+        env.paths.code_dir,
+        env.environ,
+        Limits.from_settings(env.settings),
+        stop=stop,
+        s3=env.settings.s3,
+    )
 
 
 def fetch(
@@ -118,6 +128,7 @@ def fetch(
     limits: Limits | None = None,
     *,
     stop: Stop | None = None,
+    s3: S3Settings | None = None,
 ) -> FetchReport | None:
     """Put ``source`` into ``code_dir`` (see the module docstring for the rules)."""
 
@@ -149,7 +160,7 @@ def fetch(
     if kind == "s3":
         with tempfile.TemporaryDirectory(prefix="smtk-code-") as tmp:
             archive = os.path.join(tmp, "sourcedir.tar.gz")
-            downloaded = _download(source, archive, environ, stop)
+            downloaded = _download(source, archive, environ, stop, s3)
             members, size = extract_archive(archive, code_dir, limits, shown=shown)
     elif kind == "tar":
         members, size = extract_archive(source, code_dir, limits, shown=shown)
@@ -160,7 +171,12 @@ def fetch(
         members, size = 1, os.path.getsize(source)
     seconds = time.monotonic() - started
     logger.info(
-        "code: unpacked %s into %s (%d entries, %s) in %.2fs", shown, code_dir, members, _human(size), seconds
+        "code: unpacked %s into %s (%d entries, %s) in %.2fs",
+        shown,
+        code_dir,
+        members,
+        human_size(size),
+        seconds,
     )
     return FetchReport(
         shown, kind, code_dir, members=members, bytes=size, downloaded=downloaded, seconds=seconds
@@ -193,7 +209,7 @@ def check_members(members: Iterable[tarfile.TarInfo], limits: Limits, shown: str
             total += member.size
             if total > limits.max_bytes:
                 raise ArchiveError(
-                    f"{shown}: unpacks to more than {_human(limits.max_bytes)}",
+                    f"{shown}: unpacks to more than {human_size(limits.max_bytes)}",
                     hint=f"raise {MAX_BYTES_ENV} if this archive is genuine",
                 )
         checked.append(member)
@@ -344,7 +360,7 @@ def copy_tree(source: str, code_dir: str, limits: Limits) -> tuple[int, int]:
                 )
             if total > limits.max_bytes:
                 raise ArchiveError(
-                    f"{source}: more than {_human(limits.max_bytes)}", hint=f"raise {MAX_BYTES_ENV}"
+                    f"{source}: more than {human_size(limits.max_bytes)}", hint=f"raise {MAX_BYTES_ENV}"
                 )
     with _cleanup_on_error(code_dir):
         for rel, info in entries:
@@ -417,75 +433,64 @@ def _same_dir(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-class _Cancelled(Exception):
-    """Raised from the transfer callback to end a download after a stop."""
+_DOWNLOAD_REASONS = {
+    "404": "no such object",
+    "NoSuchKey": "no such object",
+    "NotFound": "no such object",
+    "NoSuchBucket": "no such bucket",
+    "403": "access denied (check the role's s3:GetObject permission)",
+    "AccessDenied": "access denied (check the role's s3:GetObject permission)",
+    "Forbidden": "access denied (check the role's s3:GetObject permission)",
+}
 
 
-def _download(uri: str, destination: str, environ: Mapping[str, str], stop: Stop | None = None) -> int:
-    """Download ``uri`` to ``destination``; its size. Errors name the URI.
-
-    A stop ends the download: the transfer's callback raises at the next chunk, which
-    makes the transfer manager cancel it (the caller's :meth:`Stop.call` has already
-    returned).
-    """
-    from botocore.exceptions import BotoCoreError, ClientError
-
+def _download(
+    uri: str,
+    destination: str,
+    environ: Mapping[str, str],
+    stop: Stop | None = None,
+    settings: S3Settings | None = None,
+) -> int:
+    """Download ``uri`` to ``destination`` (in parallel parts when large, with progress
+    lines); its size. Errors name the URI. A stop cancels the download and raises
+    :class:`~smtk.stop.Stopped` (the caller's :meth:`Stop.call` has already returned)."""
     location = parse_s3_uri(uri, "hyperparameters.json", "sagemaker_submit_directory")
     if not location.key or location.key.endswith("/"):
         raise ArchiveError(
             f"sagemaker_submit_directory {uri}: expected s3://bucket/key.tar.gz, found no object key"
         )
-    client = make_client(environ)
+    settings = settings or S3Settings()
+    engine = Engine(environ, settings)
+    cancelled = threading.Event()
+    remove = stop.on_stop(lambda _signum: cancelled.set()) if stop is not None else None
     try:
-        size = int(client.head_object(Bucket=location.bucket, Key=location.key)["ContentLength"])
-        logger.info("code: downloading %s (%s)", uri, _human(size))
-        progress = _progress(uri, size) if size >= PROGRESS_MIN_BYTES else None
-
-        def callback(chunk: int) -> None:
-            if stop is not None and stop.requested:
-                raise _Cancelled
-            if progress is not None:
-                progress(chunk)
-
-        client.download_file(location.bucket, location.key, destination, Callback=callback)
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", "unknown"))
-        if code in ("404", "NoSuchKey", "NotFound"):
-            reason = "no such object"
-        elif code == "NoSuchBucket":
-            reason = "no such bucket"
-        elif code in ("403", "AccessDenied", "Forbidden"):
-            reason = "access denied (check the role's s3:GetObject permission)"
-        else:
-            reason = f"{code}: {error.get('Message', exc)}"
+        size = int(engine.client.head_object(Bucket=location.bucket, Key=location.key)["ContentLength"])
+        logger.info("code: downloading %s (%s)", uri, human_size(size))
+        progress = Progress("code", logger, interval=settings.progress_seconds)
+        progress.expect(files=1, size=size)
+        with progress:
+            transfer = engine.download(
+                location.bucket, location.key, destination, size=size, progress=progress.advance
+            )
+            try:
+                engine.wait(transfer, cancelled)
+            except Aborted:
+                raise
+            except Exception as exc:
+                if not engine.fall_back(transfer, exc):
+                    raise
+                transfer = engine.download(location.bucket, location.key, destination, size=size)
+                engine.wait(transfer, cancelled)
+    except Aborted:
+        if stop is not None:
+            stop.check(during="downloading the code")
+        raise
+    except Exception as exc:
+        code = error_code(exc)
+        reason = _DOWNLOAD_REASONS.get(code) or describe_error(exc)
         raise ArchiveError(f"sagemaker_submit_directory {uri}: cannot download: {reason}") from exc
-    except BotoCoreError as exc:
-        raise ArchiveError(f"sagemaker_submit_directory {uri}: cannot download: {exc}") from exc
+    finally:
+        if remove is not None:
+            remove()
+        engine.close(cancel=True, wait=not cancelled.is_set())
     return size
-
-
-def _progress(uri: str, size: int) -> Callable[[int], None]:
-    state = {"done": 0, "next": 10}
-    lock = threading.Lock()  # boto3 calls back from its transfer threads
-
-    def callback(chunk: int) -> None:
-        with lock:
-            state["done"] += chunk
-            percent = state["done"] * 100 // max(size, 1)
-            if percent < state["next"]:
-                return
-            state["next"] = percent // 10 * 10 + 10
-            done = state["done"]
-        logger.info("code: %s %d%% (%s of %s)", uri, percent, _human(done), _human(size))
-
-    return callback
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover

@@ -176,8 +176,6 @@ class SyncSettings:
     flush_seconds: float = 60.0
     #: Whether failed or abandoned uploads should fail the job.
     strict: bool = False
-    #: Send small files with the lean signed PUT of :mod:`smtk.sync.fastput` (botocore otherwise).
-    fast_put: bool = True
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> SyncSettings:
@@ -194,7 +192,35 @@ class SyncSettings:
             multipart_threshold=integer(environ, "SMTK_SYNC_MULTIPART_MB", 8, minimum=5) * 1024 * 1024,
             flush_seconds=number(environ, "SMTK_SYNC_FLUSH_SECONDS", 60, minimum=0),
             strict=flag(environ, "SMTK_SYNC_STRICT", default=False),
-            fast_put=flag(environ, "SMTK_SYNC_FAST_PUT", default=True),
+        )
+
+
+S3ClientChoice = Literal["auto", "crt", "classic"]
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How smtk moves files to and from S3 (``SMTK_S3_*``, see docs/sync.md)."""
+
+    #: ``auto``: AWS's CRT client where it applies, botocore's classic transfer manager
+    #: otherwise; ``crt`` or ``classic``: that one (``crt`` still falls back where it cannot work).
+    client: S3ClientChoice = "auto"
+    #: Transfers in flight at once when downloading many objects (restore, channels).
+    concurrency: int = 64
+    #: Memory the CRT client may use for buffering parts.
+    memory_limit: int = 1024 * 1024 * 1024
+    #: Seconds between two progress lines of a long transfer.
+    progress_seconds: float = 5.0
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> S3Settings:
+        return cls(
+            client=cast(
+                S3ClientChoice, choice(environ, "SMTK_S3_CLIENT", ("auto", "crt", "classic"), "auto")
+            ),
+            concurrency=integer(environ, "SMTK_S3_CONCURRENCY", 64, minimum=1),
+            memory_limit=integer(environ, "SMTK_S3_MEMORY_MB", 1024, minimum=256) * 1024 * 1024,
+            progress_seconds=number(environ, "SMTK_TRANSFER_PROGRESS_SECONDS", 5.0, minimum=0.1),
         )
 
 
@@ -257,6 +283,7 @@ class Settings:
     outcome_linger: float = 30.0
     # side services
     sync: SyncSettings = field(default_factory=SyncSettings)
+    s3: S3Settings = field(default_factory=S3Settings)
     pipe: PipeSettings = field(default_factory=PipeSettings)
     # smtk local
     local_hosts: LocalHostsMode = "auto"
@@ -291,6 +318,7 @@ class Settings:
             peer_abort_grace=number(environ, "SMTK_PEER_ABORT_GRACE", 10.0),
             outcome_linger=number(environ, "SMTK_OUTCOME_LINGER", 30.0),
             sync=SyncSettings.from_environ(environ),
+            s3=S3Settings.from_environ(environ),
             pipe=PipeSettings.from_environ(environ),
             local_hosts=cast(
                 LocalHostsMode, choice(environ, "SMTK_LOCAL_HOSTS", ("auto", "netns", "loopback"), "auto")

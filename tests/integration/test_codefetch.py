@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import stat
 import tarfile
 import uuid
@@ -18,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from smtk import codefetch
 from smtk.codefetch import fetch_code
 from smtk.environment import Environment
 from smtk.errors import ArchiveError, ConfigError
 from tests.helpers.jobtree import make_tree
 from tests.helpers.s3server import S3Server
+from tests.helpers.slowproxy import SlowProxy
 
 
 @dataclass
@@ -377,21 +378,47 @@ def test_s3_archive_is_downloaded_and_unpacked(
     assert tree(Path(env.paths.code_dir)) == GOOD_TREE
 
 
-def test_s3_download_logs_progress(
+@pytest.mark.parametrize("client", ["crt", "classic"])
+def test_s3_download_over_a_slow_link_logs_progress(
     tmp_path: Path,
     s3_server: S3Server,
     s3_env: dict[str, str],
     smtk_log: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
+    client: str,
 ) -> None:
-    monkeypatch.setattr(codefetch, "PROGRESS_MIN_BYTES", 1)
     bucket = s3_server.new_bucket()
-    archive = build_tar(tmp_path / "s.tar", [Member("blob.bin", os.urandom(3 * 1024 * 1024))], "w")
+    # Several parts over a link of ~3 s (the CRT client reports progress once a second).
+    archive = build_tar(tmp_path / "s.tar", [Member("blob.bin", os.urandom(20 * 1024 * 1024))], "w")
     s3_server.client().upload_file(str(archive), bucket, "s.tar")
-    env = s3_job(tmp_path, f"s3://{bucket}/s.tar", s3_env)
-    assert fetch_code(env) is not None
-    progress = [r.getMessage() for r in smtk_log.records if "%" in r.getMessage()]
-    assert progress and progress[-1].startswith(f"code: s3://{bucket}/s.tar 100%"), progress
+    with SlowProxy(s3_server.port, bytes_per_second=2_000_000) as proxy:
+        monkeypatch.setenv("S3_ENDPOINT_URL", proxy.endpoint)
+        env = s3_job(
+            tmp_path,
+            f"s3://{bucket}/s.tar",
+            {
+                **s3_env,
+                "S3_ENDPOINT_URL": proxy.endpoint,
+                "SMTK_TRANSFER_PROGRESS_SECONDS": "0.3",
+                "SMTK_S3_CLIENT": client,
+            },
+        )
+        report = fetch_code(env)
+    assert report is not None and report.downloaded == archive.stat().st_size
+    lines = [
+        r.getMessage()
+        for r in smtk_log.records
+        if r.getMessage().startswith("code: 1 files") or r.getMessage().startswith("code: 0 of 1 files")
+    ]
+    assert len(lines) >= 2, [r.getMessage() for r in smtk_log.records]
+    # Files, bytes of the total, a rate and the time left, and bytes that only grow.
+    assert re.fullmatch(
+        r"code: [01] of 1 files, [\d.]+ (B|KiB|MiB) of 20\.0 MiB \(\d+%\)"
+        r"(, [\d.]+ (B|KiB|MiB)/s(, ~\d+ s left)?)?",
+        lines[0],
+    ), lines
+    percents = [int(re.search(r"\((\d+)%\)", line)[1]) for line in lines]  # type: ignore[index]
+    assert percents == sorted(percents) and percents[-1] > percents[0]
 
 
 def test_s3_malicious_archive_is_rejected(

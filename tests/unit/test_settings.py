@@ -46,3 +46,43 @@ def test_bad_values_name_the_variable(call: object, message: str) -> None:
     with pytest.raises(ConfigError, match="SMTK_X") as info:
         call()  # type: ignore[operator]
     assert message in str(info.value)
+
+
+def test_s3_settings() -> None:
+    default = settings.S3Settings.from_environ({})
+    assert (default.client, default.concurrency, default.memory_limit, default.progress_seconds) == (
+        "auto",
+        64,
+        1024**3,
+        5.0,
+    )
+    chosen = settings.S3Settings.from_environ(
+        {
+            "SMTK_S3_CLIENT": "Classic",
+            "SMTK_S3_CONCURRENCY": "8",
+            "SMTK_S3_MEMORY_MB": "512",
+            "SMTK_TRANSFER_PROGRESS_SECONDS": "0.5",
+        }
+    )
+    assert (chosen.client, chosen.concurrency, chosen.memory_limit, chosen.progress_seconds) == (
+        "classic",
+        8,
+        512 * 1024**2,
+        0.5,
+    )
+    assert settings.Settings.from_environ({"SMTK_S3_CLIENT": "crt"}).s3.client == "crt"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SMTK_S3_CLIENT", "fast", "'auto' or 'crt' or 'classic', found 'fast'"),
+        ("SMTK_S3_CONCURRENCY", "0", "an integer >= 1, found '0'"),
+        ("SMTK_S3_MEMORY_MB", "64", "an integer >= 256, found '64'"),
+        ("SMTK_TRANSFER_PROGRESS_SECONDS", "0", "a number >= 0.1, found '0'"),
+    ],
+)
+def test_bad_s3_settings_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=name) as info:
+        settings.Settings.from_environ({name: value})
+    assert message in str(info.value)

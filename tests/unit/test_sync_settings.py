@@ -8,8 +8,8 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from smtk.errors import ConfigError
+from smtk.s3.retry import Aborted, RetryPolicy, describe, is_transient
 from smtk.sync import SyncReport, SyncSettings
-from smtk.sync.retry import Aborted, RetryPolicy, describe, is_transient
 
 
 def client_error(code: str, status: int) -> ClientError:

@@ -27,7 +27,10 @@ from dataclasses import dataclass
 
 from smtk.errors import ConfigError
 from smtk.local.spec import ChannelSpec, JobSpec
-from smtk.s3 import make_client, parse_s3_uri
+from smtk.s3 import parse_s3_uri
+from smtk.s3.batch import download_prefix
+from smtk.settings import S3Settings
+from smtk.stop import Stop
 
 logger = logging.getLogger("smtk")
 
@@ -68,19 +71,28 @@ def prepare_job_dir(job_dir: str) -> None:
 
 
 def lay_out(
-    spec: JobSpec, job_dir: str, environ: Mapping[str, str], *, container: bool = False
+    spec: JobSpec,
+    job_dir: str,
+    environ: Mapping[str, str],
+    *,
+    container: bool = False,
+    settings: S3Settings | None = None,
+    stop: Stop | None = None,
 ) -> list[HostTree]:
     """Write every host's tree under ``job_dir`` and return them, master first.
 
     With ``container``, paths of this machine mean nothing inside the image: local
-    channels become empty mount points and the code is expected in ``code/``.
+    channels become empty mount points and the code is expected in ``code/``. ``s3://``
+    channels are downloaded (many objects in flight, with progress); a stop ends the
+    download and raises :class:`~smtk.stop.Stopped`.
     """
+    fetch = _Fetch(environ, settings or S3Settings(), stop)
     prepare_job_dir(job_dir)
     hosts = host_names(spec.instance_count)
     trees = []
     for index, host in enumerate(hosts):
         root = os.path.join(os.path.abspath(job_dir), host)
-        _write_tree(spec, root, host, index, hosts, environ, container)
+        _write_tree(spec, root, host, index, hosts, environ, container, fetch)
         trees.append(HostTree(host=host, root=root, index=index))
     return trees
 
@@ -93,6 +105,7 @@ def _write_tree(
     hosts: list[str],
     environ: Mapping[str, str],
     container: bool,
+    fetch: _Fetch,
 ) -> None:
     config_dir = os.path.join(root, "input", "config")
     for sub in ("input/config", "input/data", "code", "model", "output/data", "checkpoints"):
@@ -125,7 +138,7 @@ def _write_tree(
             os.makedirs(os.path.join(root, "input", "data", channel.name), exist_ok=True)
         elif channel.input_mode != "Pipe":
             _place_channel(
-                channel, os.path.join(root, "input", "data", channel.name), index, len(hosts), environ
+                channel, os.path.join(root, "input", "data", channel.name), index, len(hosts), fetch
             )
 
 
@@ -167,12 +180,10 @@ def _input_data_config(spec: JobSpec) -> dict[str, dict[str, str]]:
     return config
 
 
-def _place_channel(
-    channel: ChannelSpec, target: str, index: int, count: int, environ: Mapping[str, str]
-) -> None:
+def _place_channel(channel: ChannelSpec, target: str, index: int, count: int, fetch: _Fetch) -> None:
     sharded = channel.distribution == "ShardedByS3Key" and count > 1
     if channel.source.startswith("s3://"):
-        _download_channel(channel, target, index if sharded else 0, count if sharded else 1, environ)
+        fetch.channel(channel, target, index if sharded else 0, count if sharded else 1)
         return
     if not os.path.exists(channel.source):
         raise ConfigError(
@@ -198,24 +209,34 @@ def _place_channel(
             os.symlink(os.path.join(channel.source, rel), link)
 
 
-def _download_channel(
-    channel: ChannelSpec, target: str, index: int, count: int, environ: Mapping[str, str]
-) -> None:
-    uri = parse_s3_uri(channel.source, f"channel {channel.name!r}", "source")
-    client = make_client(environ)
-    keys: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=uri.key):
-        keys.extend(item["Key"] for item in page.get("Contents", []) if not item["Key"].endswith("/"))
-    keys.sort()
-    os.makedirs(target, exist_ok=True)
-    chosen = [k for i, k in enumerate(keys) if i % count == index]
-    logger.info("channel %s: downloading %d object(s) from %s", channel.name, len(chosen), channel.source)
-    prefix = uri.key.rstrip("/")
-    for key in chosen:
-        rel = key[len(prefix) :].lstrip("/") if prefix and key.startswith(prefix) else key
-        rel = rel or os.path.basename(key)
-        destination = os.path.normpath(os.path.join(target, rel))
-        if not destination.startswith(os.path.abspath(target) + os.sep):
-            raise ConfigError(f"channel {channel.name!r}", "source", "object keys inside the prefix", key)
-        os.makedirs(os.path.dirname(destination), exist_ok=True)
-        client.download_file(uri.bucket, key, destination)
+class _Fetch:
+    """Downloads the ``s3://`` channels of every host (with the settings and the stop of the run)."""
+
+    def __init__(self, environ: Mapping[str, str], settings: S3Settings, stop: Stop | None) -> None:
+        self.environ = environ
+        self.settings = settings
+        self.stop = stop
+
+    def channel(self, channel: ChannelSpec, target: str, index: int, count: int) -> None:
+        """Every object under the channel's prefix (or the shard ``index`` of ``count``, by key order)."""
+        label = f"channel {channel.name!r}"
+        parse_s3_uri(channel.source, label, "source")
+        result = download_prefix(
+            channel.source,
+            target,
+            self.environ,
+            settings=self.settings,
+            stop=self.stop,
+            label=label,
+            select=None if count == 1 else lambda position, _key: position % count == index,
+        )
+        if result.stopped and self.stop is not None:
+            self.stop.check(during=f"downloading {label}")
+        if result.failed:
+            raise ConfigError(
+                label,
+                "source",
+                f"every object under {channel.source} downloadable",
+                f"{result.failed} failed; first: {result.errors[0] if result.errors else '?'}",
+            )
+        logger.info("%s: %s", label, result.summary())

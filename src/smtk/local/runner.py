@@ -140,7 +140,7 @@ def run_job(
     env = dict(os.environ if environ is None else environ)
     settings = Settings.from_environ(env)
     started = time.monotonic()
-    trees = lay_out(spec, job_dir, env, container=spec.image is not None)
+    trees = lay_out(spec, job_dir, env, container=spec.image is not None, settings=settings.s3, stop=stop)
     logger.info("job %s: %d host(s) under %s", spec.job_name, len(trees), os.path.abspath(job_dir))
     feeders = _start_feeders(spec, trees, env, pipe_epochs)
     try:

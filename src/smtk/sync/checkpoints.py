@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from smtk.errors import SyncError
-from smtk.s3 import S3Uri, make_client, parse_s3_uri
+from smtk.progress import Progress
+from smtk.s3 import S3Uri, parse_s3_uri
+from smtk.s3.batch import ListingError, Wanted, download_many, list_objects, object_path, stoppable_policy
+from smtk.s3.engine import Engine
+from smtk.s3.retry import describe
 from smtk.settings import SyncSettings
 from smtk.stop import Stop
 from smtk.sync.results import RestoreReport
-from smtk.sync.retry import RetryPolicy, describe
 from smtk.sync.uploader import Signature, signature
 
 if TYPE_CHECKING:
@@ -75,15 +77,15 @@ def client_environ(env: Environment) -> dict[str, str]:
 def restore_checkpoints(env: Environment, stop: Stop | None = None) -> RestoreReport | None:
     """Download the checkpoints of an earlier run into ``LocalPath`` (see module docs).
 
-    ``None`` when checkpoint sync is off or there is no ``S3Uri``. After a stop no
-    further file is started (the caller's :meth:`~smtk.stop.Stop.call` has returned).
+    ``None`` when checkpoint sync is off or there is no ``S3Uri``. A stop cancels the
+    downloads in flight and returns at once (the caller's :meth:`~smtk.stop.Stop.call`
+    has already returned).
     """
     settings = env.settings.sync
     source = checkpoint_source(env, settings)
     if source is None:
         return None
     local, uri = source
-    started = time.monotonic()
     try:
         os.makedirs(local, exist_ok=True)
     except OSError as exc:
@@ -92,128 +94,86 @@ def restore_checkpoints(env: Environment, stop: Stop | None = None) -> RestoreRe
             hint="check checkpointconfig.json LocalPath",
         ) from None
 
-    client = make_client(client_environ(env), max_pool_connections=settings.workers * 2 + 4, retries=2)
-    policy = RetryPolicy(max_seconds=settings.retry_seconds, max_wait_seconds=settings.retry_max_wait_seconds)
+    s3 = env.settings.s3
+    engine = Engine(
+        client_environ(env),
+        s3,
+        threads=min(s3.concurrency, 32),
+        multipart_threshold=settings.multipart_threshold,
+    )
+    policy = stoppable_policy(stop, settings.retry_seconds, settings.retry_max_wait_seconds)
     prefix = uri.key.rstrip("/") + "/" if uri.key.strip("/") else ""
-    objects = _list(client, policy, uri.bucket, prefix)
-
     root = os.path.realpath(local)
-    todo: list[tuple[str, str, int]] = []
     kept: dict[str, Signature] = {}
-    errors: list[str] = []
-    for key, size in objects:
-        rel = key[len(prefix) :]
-        if not rel or rel.endswith("/"):
-            continue  # "directory" marker objects
-        parts = rel.split("/")
-        if any(p in ("", ".", "..") for p in parts):
-            errors.append(f"s3://{uri.bucket}/{key}: refused, the key does not map to a path inside {local}")
-            continue
-        dest = os.path.join(root, *parts)
-        try:
-            st = os.stat(dest)
-            if st.st_size == size:
-                kept[rel] = signature(st)
+    refused: list[str] = []
+    listed = 0
+
+    def wanted() -> Iterator[Wanted]:
+        nonlocal listed
+        for key, size in list_objects(engine.client, uri.bucket, prefix, policy):
+            listed += 1
+            rel = key[len(prefix) :]
+            if not rel or rel.endswith("/"):
+                continue  # "directory" marker objects
+            dest = object_path(root, "", rel)
+            if dest is None:
+                refused.append(
+                    f"s3://{uri.bucket}/{key}: refused, the key does not map to a path inside {local}"
+                )
                 continue
-        except OSError:
-            pass
-        todo.append((key, rel, size))
+            try:
+                st = os.stat(dest)
+            except OSError:
+                pass
+            else:
+                if st.st_size == size:
+                    kept["/".join(rel.split("/"))] = signature(st)
+                    continue
+            yield Wanted(key, dest, size)
+
+    progress = Progress("checkpoints", log, interval=s3.progress_seconds)
+    try:
+        with progress:
+            batch = download_many(
+                engine,
+                uri.bucket,
+                wanted(),
+                concurrency=s3.concurrency,
+                policy=policy,
+                progress=progress,
+                stop=stop,
+            )
+    except ListingError as exc:
+        raise SyncError(
+            f"cannot list checkpoints at s3://{uri.bucket}/{prefix}: {describe(exc.cause)}",
+            hint="check checkpointconfig.json S3Uri and the job's S3 permissions",
+        ) from None
+    finally:
+        engine.close(cancel=True, wait=stop is None or not stop.requested)
 
     done: dict[str, Signature] = {}
-    lock = threading.Lock()
-    total_bytes = 0
-
-    def download(item: tuple[str, str, int]) -> None:
-        nonlocal total_bytes
-        key, rel, size = item
-        if stop is not None and stop.requested:
-            return
-        dest = os.path.join(root, *rel.split("/"))
+    for item in batch.done:
         try:
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            policy.call(_download, client, uri.bucket, key, dest, size, settings.multipart_threshold)
-            sig = signature(os.stat(dest))
-        except Exception as exc:
-            with lock:
-                errors.append(f"s3://{uri.bucket}/{key}: {describe(exc)}")
-            return
-        with lock:
-            done[rel] = sig
-            total_bytes += size
-
-    _run_threads(download, todo, settings.workers)
+            done[os.path.relpath(item.path, root).replace(os.sep, "/")] = signature(os.stat(item.path))
+        except OSError:
+            continue  # replaced or removed already: the sync will look at it again
     with _restored_lock:
         _restored[root] = {**kept, **done}
+    errors = refused + batch.errors
     report = RestoreReport(
         source=f"s3://{uri.bucket}/{prefix}",
         local_path=local,
-        downloaded=len(done),
+        downloaded=batch.files,
         kept=len(kept),
-        bytes=total_bytes,
-        seconds=time.monotonic() - started,
-        failed=len(errors),
+        bytes=batch.bytes,
+        seconds=batch.seconds,
+        failed=len(refused) + batch.failed,
         errors=tuple(errors[:50]),
     )
-    if errors:
+    if report.failed and not batch.stopped:
         raise SyncError(
-            f"checkpoint restore from {report.source} to {local} is incomplete: {len(errors)} "
-            f"of {len(objects)} objects failed; first: {errors[0]}",
+            f"checkpoint restore from {report.source} to {local} is incomplete: {report.failed} "
+            f"of {listed} objects failed; first: {errors[0]}",
             hint="fix access to the checkpoint S3Uri, or remove the broken objects",
         )
     return report
-
-
-def _list(client: Any, policy: RetryPolicy, bucket: str, prefix: str) -> list[tuple[str, int]]:
-    def list_all() -> list[tuple[str, int]]:
-        found: list[tuple[str, int]] = []
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            found.extend((item["Key"], int(item["Size"])) for item in page.get("Contents", []))
-        return found
-
-    try:
-        return policy.call(list_all)
-    except Exception as exc:
-        raise SyncError(
-            f"cannot list checkpoints at s3://{bucket}/{prefix}: {describe(exc)}",
-            hint="check checkpointconfig.json S3Uri and the job's S3 permissions",
-        ) from None
-
-
-def _download(client: Any, bucket: str, key: str, dest: str, size: int, threshold: int) -> None:
-    if size >= threshold:
-        # download_file does ranged parallel GETs and writes through a temp file itself.
-        client.download_file(bucket, key, dest)
-        return
-    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    tmp = f"{dest}.smtk-restore-{os.urandom(4).hex()}"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(body)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _run_threads(fn: Any, items: list[Any], workers: int) -> None:
-    """Run ``fn`` over ``items`` in up to ``workers`` daemon threads and wait for all."""
-    work: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    for item in items:
-        work.put(item)
-
-    def loop() -> None:
-        while True:
-            try:
-                item = work.get_nowait()
-            except queue.Empty:
-                return
-            fn(item)
-
-    threads = [
-        threading.Thread(target=loop, name=f"smtk-restore-{i}", daemon=True)
-        for i in range(min(workers, len(items)))
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from smtk.progress import human_size
+
 
 @dataclass(frozen=True)
 class TargetCounts:
@@ -64,7 +66,7 @@ class SyncReport:
         where = ", ".join(f"{t.name} -> {t.destination}" for t in self.targets) or "S3"
         text = (
             f"S3 sync ({where}): {self.uploaded} files uploaded ({self.uploads} uploads, "
-            f"{_size(self.bytes)}), {self.failed} failed, {self.pending_abandoned} abandoned; "
+            f"{human_size(self.bytes)}), {self.failed} failed, {self.pending_abandoned} abandoned; "
             f"final flush took {self.seconds:.2f} s"
         )
         if self.removed:
@@ -90,14 +92,8 @@ class RestoreReport:
     def summary(self) -> str:
         text = (
             f"checkpoints restored from {self.source} to {self.local_path}: {self.downloaded} files "
-            f"({_size(self.bytes)}) downloaded, {self.kept} already present, in {self.seconds:.2f} s"
+            f"({human_size(self.bytes)}) downloaded, {self.kept} already present, in {self.seconds:.2f} s"
         )
         if self.failed:
             text += f"; {self.failed} failed"
         return text
-
-
-def _size(n: int) -> str:
-    if n < 1024 * 1024:
-        return f"{n / 1024:.1f} KiB"
-    return f"{n / (1024 * 1024):.1f} MiB"

@@ -178,7 +178,7 @@ def start_sync(env: Environment) -> SyncHandle | None:
     if not targets:
         return None
     environ = client_environ(env)
-    uploader = Uploader(targets, settings, environ)
+    uploader = Uploader(targets, settings, environ, env.settings.s3)
     for index, target in enumerate(targets):
         if target.name == "checkpoints":
             for rel, sig in restored_signatures(target.root).items():

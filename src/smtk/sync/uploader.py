@@ -14,18 +14,19 @@ rules that make it lose nothing and send little twice:
 - A file gone before its upload is skipped. A name that was *renamed away* inside
   the tree after being uploaded has its object deleted (the content lives on under
   the new name); a plain deletion is not propagated.
-- Small files are read into memory and sent with one ``PutObject``: by the lean
-  signed PUT of :mod:`smtk.sync.fastput` once it has learned the bucket's route
-  from botocore, else (and whenever that fails) by botocore's ``put_object``. Files
-  of at least ``multipart_threshold`` bytes go through boto3's ``TransferManager``
-  (multipart, parallel parts). Transient errors are retried with backoff
-  (:mod:`smtk.sync.retry`); a permanent one is logged once per bucket and error code.
+- Files go through one :class:`~smtk.s3.engine.Engine` (AWS's CRT client, or
+  botocore's classic one): one ``PutObject`` below ``multipart_threshold`` bytes,
+  parallel parts above. The file's signature is taken before and after: a file that
+  changed while it was read is queued again. Transient errors are retried with
+  backoff (:mod:`smtk.s3.retry`); a permanent one is logged once per bucket and error
+  code. An upload that takes longer than ``SMTK_TRANSFER_PROGRESS_SECONDS`` logs its
+  progress, and so does the final flush.
 - :meth:`Uploader.flush` drains everything within a deadline; :meth:`Uploader.abort`
   gives up on the rest. Threads are daemons: nothing here can keep the job alive.
 
 ::
 
-    uploader = Uploader([Target("intermediate", root, "bucket", "prefix")], settings, environ)
+    uploader = Uploader([Target("intermediate", root, "bucket", "prefix")], settings, environ, s3_settings)
     uploader.start()
     uploader.offer_event(0, "metrics/epoch-1.json")
     drained = uploader.flush(deadline=time.monotonic() + 30)
@@ -33,6 +34,7 @@ rules that make it lose nothing and send little twice:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -40,18 +42,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from smtk.s3 import make_client
-from smtk.settings import SyncSettings
-from smtk.sync.fastput import FastPut
+from smtk.progress import Progress, human_size
+from smtk.s3.engine import Engine, Transfer
+from smtk.s3.retry import Aborted, RetryPolicy, describe, error_code, is_transient
+from smtk.settings import S3Settings, SyncSettings
 from smtk.sync.results import TargetCounts
-from smtk.sync.retry import Aborted, RetryPolicy, describe, error_code, is_transient
-
-if TYPE_CHECKING:
-    from smtk.sync.fastput import FastPut
 
 log = logging.getLogger("smtk.sync")
 
@@ -118,10 +115,14 @@ class Uploader:
         targets: list[Target],
         settings: SyncSettings,
         environ: Mapping[str, str],
+        s3: S3Settings | None = None,
     ) -> None:
         self.targets = targets
         self.settings = settings
-        self._environ = dict(environ)
+        self._s3 = s3 if s3 is not None else S3Settings()
+        self._engine = Engine(
+            environ, self._s3, threads=settings.workers, multipart_threshold=settings.multipart_threshold
+        )
         self._cond = threading.Condition()
         self._pending: OrderedDict[_Key, _Item] = OrderedDict()
         self._in_flight: set[_Key] = set()
@@ -136,12 +137,8 @@ class Uploader:
         self._flushing = False
         self._abort = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._client_lock = threading.Lock()
-        self._client: Any = None
-        self._manager: Any = None
-        self._fast: FastPut | None = None
-        self._fast_checked = False
-        self._transfers: set[Any] = set()
+        self._transfers: set[Transfer] = set()
+        self._flush_progress: Progress | None = None
         self._policy = RetryPolicy(
             max_seconds=settings.retry_seconds,
             max_wait_seconds=settings.retry_max_wait_seconds,
@@ -161,8 +158,7 @@ class Uploader:
 
     def _warm_up(self) -> None:
         try:
-            self._get_client()
-            self._get_fast()
+            self._engine.kind  # noqa: B018 - builds the clients
         except Exception as exc:  # the first upload builds it again and reports the error
             log.debug("could not build the S3 client yet: %s", exc)
 
@@ -173,15 +169,35 @@ class Uploader:
         during the flush can bring it forward.
         """
         when = deadline if callable(deadline) else (lambda: deadline)
-        with self._cond:
-            self._flushing = True
-            self._cond.notify_all()
-            while self._pending or self._in_flight:
-                remaining = when() - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, 0.5))
-        return True
+        progress = self._start_flush_progress()
+        try:
+            with self._cond:
+                self._flushing = True
+                self._cond.notify_all()
+                while self._pending or self._in_flight:
+                    remaining = when() - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(min(remaining, 0.5))
+            return True
+        finally:
+            if progress is not None:
+                progress.finish()
+
+    def _start_flush_progress(self) -> Progress | None:
+        """Count what the flush has to send, for its progress lines (a stat per file)."""
+        outstanding = self.outstanding()
+        if not outstanding:
+            return None
+        size = 0
+        for target, rel in outstanding:
+            with contextlib.suppress(OSError):  # gone: the flush will skip it
+                size += os.stat(os.path.join(self.targets[target].root, rel)).st_size
+        progress = Progress("sync: final flush", log, interval=self._s3.progress_seconds)
+        progress.expect(files=len(outstanding), size=size)
+        log.info("sync: flushing %d files (%s) to S3", len(outstanding), human_size(size))
+        self._flush_progress = progress
+        return progress.start()
 
     def abort(self) -> int:
         """Stop all work now; return how many paths were still waiting or uploading."""
@@ -190,10 +206,9 @@ class Uploader:
             self._abort.set()
             self._cond.notify_all()
             transfers = list(self._transfers)
-        for future in transfers:
-            future.cancel()
-        self._close_manager()
-        self._close_fast()
+        for transfer in transfers:
+            transfer.cancel()
+        self._engine.close(cancel=True, wait=False)
         return abandoned
 
     def close(self) -> None:
@@ -201,25 +216,7 @@ class Uploader:
         with self._cond:
             self._abort.set()
             self._cond.notify_all()
-        self._close_manager()
-        self._close_fast()
-
-    def _close_manager(self) -> None:
-        manager = self._manager
-        if manager is not None:
-            # shutdown() waits for running transfers; never let that wait block the job.
-            threading.Thread(target=manager.shutdown, kwargs={"cancel": True}, daemon=True).start()
-
-    def _close_fast(self) -> None:
-        fast = self._fast
-        if fast is not None:
-            log.debug(
-                "fast PUT path: %d objects sent, %d handed to botocore after a failure%s",
-                fast.sent,
-                fast.fell_back,
-                "" if fast.enabled else " (switched off)",
-            )
-            fast.close()
+        self._engine.close(cancel=True, wait=False)
 
     # -- what watchers call ---------------------------------------------------------
 
@@ -246,7 +243,11 @@ class Uploader:
         """Directory ``old`` was renamed inside the tree (its new name is scanned separately)."""
         prefix = old + "/"
         with self._cond:
-            keys = [k for k in self._uploaded if k[0] == target and k[1].startswith(prefix)]
+            # Uploading right now counts too: its object may already be in S3 (re-queued,
+            # the path is then found gone and the object removed).
+            keys = [
+                k for k in (*self._uploaded, *self._in_flight) if k[0] == target and k[1].startswith(prefix)
+            ]
             self._renamed_away.update(keys)
         for key in keys:
             self._enqueue(key, forced=True)
@@ -358,69 +359,64 @@ class Uploader:
         if previous is not None and previous[0] == sig and (previous[1] or not forced):
             return
         try:
-            if st.st_size >= self.settings.multipart_threshold:
-                self._upload_large(key, path)
-            else:
-                self._upload_small(key, path)
+            self._upload(key, path, sig)
         except (FileNotFoundError, NotADirectoryError):
             self._missing(key)
         except Aborted:
             raise
         except Exception as exc:
-            self._record_failure(key, exc)
+            if not os.path.lexists(path):
+                self._missing(key)  # gone while it was read: nothing to report
+            else:
+                self._record_failure(key, exc)
 
-    def _upload_small(self, key: _Key, path: str) -> None:
+    def _upload(self, key: _Key, path: str, before: Signature) -> None:
         target = self.targets[key[0]]
-        read_start = time.time_ns()
-        with open(path, "rb") as handle:
-            before = signature(os.fstat(handle.fileno()))
-            data = handle.read()
-            after = signature(os.fstat(handle.fileno()))
-        if before != after:
-            # Being written right now; its close will notify again, but do not rely on it.
-            self._enqueue(key, forced=True)
-            return
-        client = self._get_client()
         object_key = target.key(key[1])
-        fast = self._get_fast()
-        if fast is None or not fast.put(target.bucket, object_key, data):
-            if self._abort.is_set():
-                raise Aborted("sync stopped during the upload")
-            # botocore: before the bucket's route is known (this request teaches it), and
-            # for any object the fast path could not store (errors, retries, redirects and
-            # their reports exactly as without it).
-            learning: AbstractContextManager[None] = (
-                nullcontext() if fast is None else fast.observe(target.bucket, object_key, data)
-            )
-            with learning:
-                self._policy.call(client.put_object, Bucket=target.bucket, Key=object_key, Body=data)
-        self._succeeded(key, before, read_start, len(data))
-
-    def _upload_large(self, key: _Key, path: str) -> None:
-        target = self.targets[key[0]]
         read_start = time.time_ns()
-        before = signature(os.stat(path))
-        manager = self._get_manager()
+        size = before[1]
+        progress = None
+        if size >= self.settings.multipart_threshold:
+            progress = Progress(f"sync: {key[1]}", log, interval=self._s3.progress_seconds)
+            progress.expect(files=1, size=size)
+
+        def moved(count: int) -> None:
+            if progress is not None:
+                progress.advance(count)
+            flush = self._flush_progress
+            if flush is not None:
+                flush.advance(count)
 
         def attempt() -> None:
-            future = manager.upload(path, target.bucket, target.key(key[1]))
+            transfer = self._engine.upload(path, target.bucket, object_key, size=size, progress=moved)
             with self._cond:
-                self._transfers.add(future)
+                self._transfers.add(transfer)
             try:
-                future.result()
+                self._engine.wait(transfer, self._abort)
+            except Exception as exc:
+                if self._engine.fall_back(transfer, exc):
+                    attempt()  # the same file, now on the classic client
+                    return
+                raise
             finally:
                 with self._cond:
-                    self._transfers.discard(future)
+                    self._transfers.discard(transfer)
 
-        self._policy.call(attempt)
+        if progress is not None:
+            progress.start()
+        try:
+            self._policy.call(attempt)
+        finally:
+            if progress is not None:
+                progress.finish()
         try:
             after: Signature | None = signature(os.stat(path))
         except OSError:
             after = None
         if after != before:
-            # Changed (or replaced) while its parts were read: the upload may be torn.
+            # Changed (or replaced) while it was read: the upload may be torn.
             self._enqueue(key, forced=True)
-        self._succeeded(key, before, read_start, before[1])
+        self._succeeded(key, before, read_start, size)
 
     def _succeeded(self, key: _Key, sig: Signature, read_start_ns: int, size: int) -> None:
         stable = sig[3] < read_start_ns - _STABLE_MARGIN_NS
@@ -431,6 +427,9 @@ class Uploader:
             counts = self._counts[key[0]]
             counts.uploads += 1
             counts.bytes += size
+        flush = self._flush_progress
+        if flush is not None:
+            flush.file_done()
 
     def _missing(self, key: _Key) -> None:
         with self._cond:
@@ -445,7 +444,7 @@ class Uploader:
                 return
         target = self.targets[key[0]]
         try:
-            self._policy.call(self._get_client().delete_object, Bucket=target.bucket, Key=target.key(key[1]))
+            self._policy.call(self._engine.client.delete_object, Bucket=target.bucket, Key=target.key(key[1]))
         except Aborted:
             raise
         except Exception as exc:
@@ -492,44 +491,3 @@ class Uploader:
             )
         else:
             log.debug("sync failed: %s", message)
-
-    # -- boto3, built on first use ------------------------------------------------------
-
-    def _get_client(self) -> Any:
-        with self._client_lock:
-            if self._client is None:
-                # Our own retry loop does the patient retrying; botocore only smooths blips.
-                self._client = make_client(
-                    self._environ, max_pool_connections=self.settings.workers * 2 + 4, retries=2
-                )
-            return self._client
-
-    def _get_fast(self) -> FastPut | None:
-        """The lean PUT path for small files, or ``None`` (switched off or not applicable)."""
-        if self._fast_checked:
-            return self._fast
-        client = self._get_client()
-        with self._client_lock:
-            if not self._fast_checked:
-                if self.settings.fast_put:
-                    try:
-                        self._fast = FastPut.create(client, self._environ)
-                    except Exception as exc:  # botocore changed under us: do without it
-                        log.debug("the fast PUT path is not available: %s", type(exc).__name__)
-                self._fast_checked = True
-            return self._fast
-
-    def _get_manager(self) -> Any:
-        client = self._get_client()
-        with self._client_lock:
-            if self._manager is None:
-                from boto3.s3.transfer import TransferConfig
-                from s3transfer.manager import TransferManager
-
-                config = TransferConfig(
-                    multipart_threshold=self.settings.multipart_threshold,
-                    multipart_chunksize=8 * 1024 * 1024,
-                    max_concurrency=self.settings.workers,
-                )
-                self._manager = TransferManager(client, config)
-            return self._manager
