@@ -477,7 +477,11 @@ def _make_files(kind: str, args: argparse.Namespace) -> list[tuple[str, bytes | 
         if not _checkpoint_files:
             # Each file a different window of one random pool: 264 MiB made instead of 2 GiB.
             size, stride = args.checkpoint_mb * MIB, MIB + 4099
-            pool = memoryview(rng.randbytes(size + stride * (args.checkpoint_files - 1)))
+            total = size + stride * (args.checkpoint_files - 1)
+            # In 16 MiB pieces: one randbytes() call is limited to 2**31 bits.
+            pool = memoryview(
+                b"".join(rng.randbytes(min(16 * MIB, total - at)) for at in range(0, total, 16 * MIB))
+            )
             _checkpoint_files.extend(
                 (f"checkpoints/ckpt-{i:02d}.pt", pool[i * stride : i * stride + size], False)
                 for i in range(args.checkpoint_files)
