@@ -211,6 +211,9 @@ class S3Settings:
     memory_limit: int = 1024 * 1024 * 1024
     #: Seconds between two progress lines of a long transfer.
     progress_seconds: float = 5.0
+    #: Build plain CRT PUTs and GETs from a per-bucket template (:mod:`smtk.s3.templates`);
+    #: off: botocore builds every request.
+    templates: bool = True
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> S3Settings:
@@ -221,6 +224,7 @@ class S3Settings:
             concurrency=integer(environ, "SMTK_S3_CONCURRENCY", 64, minimum=1),
             memory_limit=integer(environ, "SMTK_S3_MEMORY_MB", 1024, minimum=256) * 1024 * 1024,
             progress_seconds=number(environ, "SMTK_TRANSFER_PROGRESS_SECONDS", 5.0, minimum=0.1),
+            templates=flag(environ, "SMTK_S3_TEMPLATES", default=True),
         )
 
 

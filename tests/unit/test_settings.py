@@ -71,6 +71,8 @@ def test_s3_settings() -> None:
         0.5,
     )
     assert settings.Settings.from_environ({"SMTK_S3_CLIENT": "crt"}).s3.client == "crt"
+    assert settings.S3Settings.from_environ({}).templates is True
+    assert settings.S3Settings.from_environ({"SMTK_S3_TEMPLATES": "off"}).templates is False
 
 
 @pytest.mark.parametrize(
@@ -80,6 +82,7 @@ def test_s3_settings() -> None:
         ("SMTK_S3_CONCURRENCY", "0", "an integer >= 1, found '0'"),
         ("SMTK_S3_MEMORY_MB", "64", "an integer >= 256, found '64'"),
         ("SMTK_TRANSFER_PROGRESS_SECONDS", "0", "a number >= 0.1, found '0'"),
+        ("SMTK_S3_TEMPLATES", "maybe", "1/true/yes/on or 0/false/no/off, found 'maybe'"),
     ],
 )
 def test_bad_s3_settings_name_the_variable(name: str, value: str, message: str) -> None:

@@ -53,6 +53,7 @@ from urllib.parse import urlparse
 
 from smtk.s3 import client_settings, make_client
 from smtk.s3.retry import Aborted, is_incompatible
+from smtk.s3.templates import template_serializer
 from smtk.settings import S3Settings
 
 log = logging.getLogger("smtk.s3")
@@ -259,7 +260,7 @@ class Engine:
         crt_client = awscrt.s3.S3Client(
             bootstrap=bootstrap,
             region=region,
-            credential_provider=BotocoreCRTCredentialsWrapper(credentials).to_crt_credentials_provider(),
+            credential_provider=_crt_credentials(credentials, BotocoreCRTCredentialsWrapper),
             tls_mode=awscrt.s3.S3RequestTlsMode.ENABLED if secure else awscrt.s3.S3RequestTlsMode.DISABLED,
             tls_connection_options=tls_options,
             part_size=PART_SIZE,
@@ -269,6 +270,8 @@ class Engine:
         kwargs = {**client_settings(self._environ), "region_name": region}
         kwargs["config"] = Config(s3=client.meta.config.s3) if client.meta.config.s3 else Config()
         serializer = BotocoreCRTRequestSerializer(session, kwargs)
+        if self._settings.templates:
+            serializer = template_serializer(serializer)
         return CRTTransferManager(crt_client, serializer)
 
     def _manager(self, direction: Direction, size: int | None) -> tuple[Kind, Any]:
@@ -391,6 +394,26 @@ class Engine:
                 threading.Thread(
                     target=manager.shutdown, kwargs={"cancel": cancel}, name="smtk-s3-close", daemon=True
                 ).start()
+
+
+def _crt_credentials(credentials: Any, wrapper: Any) -> Any:
+    """The CRT client's credentials provider for botocore's ``credentials``.
+
+    The CRT client asks its provider before signing every request. s3transfer's wrapper
+    answers from Python: each answer takes the GIL from a CRT event-loop thread, which
+    then waits behind smtk's busy threads (up to the 5 ms switch interval) while every
+    connection on that loop stalls. Credentials that never change (keys from the
+    environment or a file) are handed to the CRT client once instead; refreshable ones
+    (a role's, the platform's container credentials) keep going through the wrapper,
+    so that they are renewed.
+    """
+    from awscrt.auth import AwsCredentialsProvider
+    from botocore.credentials import RefreshableCredentials
+
+    if isinstance(credentials, RefreshableCredentials):
+        return wrapper(credentials).to_crt_credentials_provider()
+    frozen = credentials.get_frozen_credentials()
+    return AwsCredentialsProvider.new_static(frozen.access_key, frozen.secret_key, frozen.token)
 
 
 class _NoCredentials(Exception):
