@@ -469,18 +469,12 @@ def _download(
         progress = Progress("code", logger, interval=settings.progress_seconds)
         progress.expect(files=1, size=size)
         with progress:
-            transfer = engine.download(
-                location.bucket, location.key, destination, size=size, progress=progress.advance
+            engine.complete(
+                lambda: engine.download(
+                    location.bucket, location.key, destination, size=size, progress=progress.advance
+                ),
+                cancelled,
             )
-            try:
-                engine.wait(transfer, cancelled)
-            except Aborted:
-                raise
-            except Exception as exc:
-                if not engine.fall_back(transfer, exc):
-                    raise
-                transfer = engine.download(location.bucket, location.key, destination, size=size)
-                engine.wait(transfer, cancelled)
     except Aborted:
         if stop is not None:
             stop.check(during="downloading the code")

@@ -28,6 +28,7 @@ from smtk.local.spec import (
     load_spec,
     parse_channel_flag,
     parse_pairs,
+    resolve_location,
     with_overrides,
 )
 from smtk.stop import Stop, Stopped
@@ -73,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-s3", metavar="URI", help="sync /opt/ml/checkpoints with this S3 prefix")
     parser.add_argument("--output-s3", metavar="URI", help="sync output/intermediate to this S3 prefix")
     parser.add_argument(
+        "--output-path",
+        metavar="URI",
+        help="store model.tar.gz and output.tar.gz under URI/JOB/output (s3://, file:// or a directory)",
+    )
+    parser.add_argument(
         "--pipe-epochs", type=int, metavar="N", help="feed Pipe channels for N epochs (default: all)"
     )
 
@@ -109,6 +115,7 @@ def _build_spec(args: argparse.Namespace) -> object:
         image=args.image,
         checkpoint_s3=args.checkpoint_s3,
         output_s3=args.output_s3,
+        output_path=resolve_location(args.output_path, os.getcwd()) if args.output_path else None,
     )
 
 

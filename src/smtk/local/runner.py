@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,12 +23,14 @@ from smtk.errors import ConfigError
 from smtk.failure import Failure, Outcome, Success, root_cause
 from smtk.files import read_text
 from smtk.launch.plan import LaunchPlan
+from smtk.local.artifacts import Artifact, ArtifactError, store_artifacts
 from smtk.local.container import run_in_container
 from smtk.local.hosts import run_hosts
 from smtk.local.layout import HostTree, lay_out
 from smtk.local.spec import ChannelSpec, JobSpec
 from smtk.paths import Paths
 from smtk.pipefeed import PipeFeeder
+from smtk.progress import human_size
 from smtk.settings import Settings
 from smtk.stop import Stop
 from smtk.supervisor import run
@@ -152,8 +154,27 @@ def run_job(
             outcomes = _run_hosts(spec, trees, env, stop, settings)
     finally:
         _stop_feeders(feeders)
-    log.write("stdout", summary(spec, outcomes, time.monotonic() - started))
-    return _job_status(outcomes)
+    status = _job_status(outcomes)
+    artifacts: list[Artifact] = []
+    artifact_error = ""
+    if spec.output_path:
+        try:
+            artifacts = store_artifacts(
+                [tree.root for tree in trees],
+                spec.output_path,
+                spec.job_name,
+                env,
+                settings.s3,
+                stop=stop,
+                staging_dir=job_dir,
+            )
+        except ArtifactError as exc:
+            # The platform fails a job whose model cannot be stored; so does smtk local.
+            artifact_error = str(exc)
+            logger.error("%s", exc)
+            status = status or 1
+    log.write("stdout", summary(spec, outcomes, time.monotonic() - started, artifacts, artifact_error))
+    return status
 
 
 def _run_one(
@@ -251,9 +272,16 @@ def _listing(directory: str, limit: int = 6) -> str:
     return shown + (f", ... ({len(names)} entries)" if len(names) > limit else "")
 
 
-def summary(spec: JobSpec, outcomes: list[HostRun], seconds: float) -> str:
-    """The lines printed at the end of ``smtk local``: verdict, root cause, each host's files."""
-    status = _job_status(outcomes)
+def summary(
+    spec: JobSpec,
+    outcomes: list[HostRun],
+    seconds: float,
+    artifacts: Sequence[Artifact] = (),
+    artifact_error: str = "",
+) -> str:
+    """The lines printed at the end of ``smtk local``: verdict, root cause, each host's files,
+    and the stored model.tar.gz / output.tar.gz."""
+    status = _job_status(outcomes) or (1 if artifact_error else 0)
     root = root_failure(outcomes)
     verdict = "succeeded" if status == 0 else f"failed (exit status {status})"
     lines = [
@@ -275,4 +303,11 @@ def summary(spec: JobSpec, outcomes: list[HostRun], seconds: float) -> str:
         if reason is not None:
             lines.append(f"    failure:     {os.path.join(output, 'failure')}")
             lines.append(f"                 {reason}")
+    for artifact in artifacts:
+        lines.append(
+            f"  {artifact.name + ':':14} {artifact.location}  ({artifact.files} files, "
+            f"{human_size(artifact.size)} -> {human_size(artifact.packed)})"
+        )
+    if artifact_error:
+        lines.append(f"  artifacts:     not stored: {artifact_error}")
     return "\n".join(lines)

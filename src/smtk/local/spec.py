@@ -64,6 +64,8 @@ class JobSpec:
     checkpoint_local: str | None = None
     output_s3: str | None = None
     image: str | None = None
+    #: ``OutputDataConfig.S3OutputPath``: where model.tar.gz and output.tar.gz go.
+    output_path: str | None = None
 
 
 def encode_hyperparameter(text: str) -> str:
@@ -98,7 +100,7 @@ def parse_channel_flag(text: str) -> ChannelSpec:
     head, colon, tail = rest.rpartition(":")
     if colon and tail in INPUT_MODES:
         rest, mode = head, tail
-    return ChannelSpec(name=name, source=_resolve_source(rest, os.getcwd()), input_mode=mode)
+    return ChannelSpec(name=name, source=resolve_location(rest, os.getcwd()), input_mode=mode)
 
 
 def _str(source: str, key: str, value: object, *, optional: bool = True) -> str | None:
@@ -125,7 +127,8 @@ def _choice(source: str, key: str, value: object, allowed: Sequence[str], defaul
     raise ConfigError(source, key, "one of " + ", ".join(allowed), value)
 
 
-def _resolve_source(uri: str, base_dir: str) -> str:
+def resolve_location(uri: str, base_dir: str) -> str:
+    """``s3://`` URIs as they are; ``file://`` URIs and paths absolute (relative to ``base_dir``)."""
     if uri.startswith("s3://"):
         return uri
     if uri.startswith("file://"):
@@ -164,7 +167,7 @@ def load_spec(path: str) -> JobSpec:
         channels.append(
             ChannelSpec(
                 name=name,
-                source=_resolve_source(uri, base),
+                source=resolve_location(uri, base),
                 input_mode=_choice(
                     source, f"{key}.InputMode", item.get("InputMode"), INPUT_MODES, default_mode
                 ),
@@ -198,6 +201,8 @@ def load_spec(path: str) -> JobSpec:
         raise ConfigError(source, "StoppingCondition.MaxRuntimeInSeconds", "a positive number", max_runtime)
     checkpoint = _obj(source, "CheckpointConfig", raw.get("CheckpointConfig"))
     checkpoint_s3 = _str(source, "CheckpointConfig.S3Uri", checkpoint.get("S3Uri"))
+    output = _obj(source, "OutputDataConfig", raw.get("OutputDataConfig"))
+    output_path = _str(source, "OutputDataConfig.S3OutputPath", output.get("S3OutputPath")) or None
     name = raw.get("TrainingJobName") or default_job_name(_decode(hyperparameters.get("sagemaker_program")))
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(source, "TrainingJobName", "1-63 letters, digits or hyphens", name)
@@ -205,7 +210,7 @@ def load_spec(path: str) -> JobSpec:
     submit = _decode(hyperparameters.get("sagemaker_submit_directory"))
     return JobSpec(
         job_name=name,
-        source_dir=_resolve_source(submit, base) if submit else None,
+        source_dir=resolve_location(submit, base) if submit else None,
         entry_point=program,
         hyperparameters={
             k: v
@@ -221,6 +226,7 @@ def load_spec(path: str) -> JobSpec:
         checkpoint_local=_str(source, "CheckpointConfig.LocalPath", checkpoint.get("LocalPath")),
         output_s3=_decode(hyperparameters.get("sagemaker_s3_output")),
         image=_str(source, "AlgorithmSpecification.TrainingImage", algo.get("TrainingImage")),
+        output_path=resolve_location(output_path, base) if output_path else None,
     )
 
 

@@ -356,6 +356,19 @@ class Engine:
                 raise Aborted(f"{transfer.what}: stopped")
         transfer.result()
 
+    def complete(self, start: Callable[[], Transfer], cancelled: threading.Event | None = None) -> None:
+        """Start a transfer with ``start()`` and wait for it (as :meth:`wait`); if the
+        endpoint's answer does not suit the CRT client, start it once more on the classic one."""
+        transfer = start()
+        try:
+            self.wait(transfer, cancelled)
+        except Aborted:
+            raise
+        except Exception as exc:
+            if not self.fall_back(transfer, exc):
+                raise
+            self.wait(start(), cancelled)
+
     def fall_back(self, transfer: Transfer, error: BaseException) -> bool:
         """Whether ``transfer`` failed because the endpoint does not suit the CRT client; if
         so, later transfers of its kind (upload or download, in parts or whole) use the
