@@ -59,11 +59,13 @@ def test_human_seconds(seconds: float, text: str) -> None:
     assert human_seconds(seconds) == text
 
 
-def test_a_line_has_files_bytes_percent_rate_and_time_left() -> None:
+def test_a_line_has_files_bytes_percent_rate_and_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    start = time.monotonic()
+    monkeypatch.setattr("smtk.progress.time.monotonic", lambda: start)  # started exactly then
     progress = Progress("checkpoints", logging.getLogger("test.progress"), interval=5)
     progress.expect(files=8, size=2 * 1024**3)
     progress.start()
-    start = time.monotonic()
+    monkeypatch.undo()
     progress.advance(768 * 1024**2)
     for _ in range(3):
         progress.file_done()

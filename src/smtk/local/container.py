@@ -49,6 +49,7 @@ from collections.abc import Mapping, Sequence
 from smtk import log
 from smtk.config import read_resource_config
 from smtk.errors import ConfigError
+from smtk.lines import LineSink
 from smtk.settings import Settings
 from smtk.stop import Stop
 from smtk.supervisor import Supervisor, prefixed
@@ -156,6 +157,7 @@ def run_in_container(
     max_runtime: float | None = None,
     extra_args: Sequence[str] = (),
     stop: Stop | None = None,
+    sink: LineSink | None = None,
 ) -> int:
     """Run ``IMAGE train`` with ``host_root`` as ``/opt/ml``; returns the container's exit status.
 
@@ -181,6 +183,7 @@ def run_in_container(
                 max_runtime=max_runtime,
                 extra_args=extra_args,
                 stop=own,
+                sink=sink,
             )
         finally:
             own.restore()
@@ -218,7 +221,7 @@ def run_in_container(
         "container",
         argv,
         env={**os.environ, **environ},
-        sink=prefixed(""),
+        sink=sink or prefixed(""),
         signaller=signaller.send,
         progress_interval=0.0,
     )

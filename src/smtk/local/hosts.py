@@ -72,12 +72,16 @@ def run_hosts(
     environ: Mapping[str, str],
     *,
     sink: LineSink | None = None,
+    sink_for: Callable[[str], LineSink] | None = None,
     train: Sequence[str] | None = None,
     stop: Stop | None = None,
     max_runtime: float | None = None,
     stop_grace: float = 120.0,
 ) -> dict[str, int]:
     """Run ``train`` for every host (``host -> SAGEMAKER_BASE_DIR``); returns host -> exit status.
+
+    Each host's lines go to ``sink_for(host)`` when given (unprefixed), else to
+    ``sink`` or our stdout, prefixed with the host.
 
     Signals recorded by ``stop`` (Ctrl-C, SIGTERM) are forwarded to every host's ``train``,
     as is a SIGTERM once ``max_runtime`` seconds have passed (the platform's
@@ -101,7 +105,7 @@ def run_hosts(
                 )
                 envs = {host: {**environ, "SAGEMAKER_BASE_DIR": spaces.mount_point} for host in hosts}
                 return _supervise(
-                    supervisor, hosts, lambda h: spaces.command(h, command), envs, settings, sink
+                    supervisor, hosts, lambda h: spaces.command(h, command), envs, settings, sink, sink_for
                 )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -127,7 +131,7 @@ def run_hosts(
     }
     logger.info("smtk local: %d hosts as processes on loopback (%s)", len(hosts), addresses)
     envs = {host: {**environ, **shared, "SAGEMAKER_BASE_DIR": host_roots[host]} for host in hosts}
-    return _supervise(supervisor, hosts, lambda h: command, envs, settings, sink)
+    return _supervise(supervisor, hosts, lambda h: command, envs, settings, sink, sink_for)
 
 
 def host_sink(host: str, sink: LineSink | None = None) -> LineSink:
@@ -152,13 +156,14 @@ def _supervise(
     envs: Mapping[str, Mapping[str, str]],
     settings: Settings,
     sink: LineSink | None,
+    sink_for: Callable[[str], LineSink] | None,
 ) -> dict[str, int]:
     for host in hosts:
         supervisor.start(
             host,
             command_for(host),
             env=envs[host],
-            sink=host_sink(host, sink),
+            sink=sink_for(host) if sink_for is not None else host_sink(host, sink),
             merge_stderr=True,
             tail_lines=20,
         )

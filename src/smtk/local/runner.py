@@ -25,15 +25,17 @@ from smtk.files import read_text
 from smtk.launch.plan import LaunchPlan
 from smtk.local.artifacts import Artifact, ArtifactError, store_artifacts
 from smtk.local.container import run_in_container
-from smtk.local.hosts import run_hosts
+from smtk.local.hosts import host_sink, run_hosts
+from smtk.local.joblog import JobLog
 from smtk.local.layout import HostTree, lay_out
+from smtk.local.metrics import Metrics
 from smtk.local.spec import ChannelSpec, JobSpec
 from smtk.paths import Paths
 from smtk.pipefeed import PipeFeeder
 from smtk.progress import human_size
 from smtk.settings import Settings
 from smtk.stop import Stop
-from smtk.supervisor import run
+from smtk.supervisor import prefixed, run
 
 if TYPE_CHECKING:
     from smtk.pipefeed import PipeFeeder
@@ -144,16 +146,19 @@ def run_job(
     started = time.monotonic()
     trees = lay_out(spec, job_dir, env, container=spec.image is not None, settings=settings.s3, stop=stop)
     logger.info("job %s: %d host(s) under %s", spec.job_name, len(trees), os.path.abspath(job_dir))
+    job_log = JobLog(job_dir, Metrics(spec.metric_definitions))
     feeders = _start_feeders(spec, trees, env, pipe_epochs)
     try:
         if spec.image is not None:
-            outcomes = _run_in_containers(spec, trees, env, stop)
+            outcomes = _run_in_containers(spec, trees, env, stop, job_log)
         elif len(trees) == 1:
-            outcomes = [_run_one(spec, trees[0], env, stop, settings)]
+            outcomes = [_run_one(spec, trees[0], env, stop, settings, job_log)]
         else:
-            outcomes = _run_hosts(spec, trees, env, stop, settings)
+            outcomes = _run_hosts(spec, trees, env, stop, settings, job_log)
     finally:
         _stop_feeders(feeders)
+        job_log.close()
+    metric_files = job_log.metrics.write(job_dir) if spec.metric_definitions else []
     status = _job_status(outcomes)
     artifacts: list[Artifact] = []
     artifact_error = ""
@@ -174,11 +179,21 @@ def run_job(
             logger.error("%s", exc)
             status = status or 1
     log.write("stdout", summary(spec, outcomes, time.monotonic() - started, artifacts, artifact_error))
+    if spec.metric_definitions:
+        log.write(
+            "stdout", "\nmetrics:\n" + job_log.metrics.table() + "\n  written: " + ", ".join(metric_files)
+        )
+    log.write("stdout", f"  logs:          {job_log.directory}")
     return status
 
 
 def _run_one(
-    spec: JobSpec, tree: HostTree, environ: Mapping[str, str], stop: Stop | None, settings: Settings
+    spec: JobSpec,
+    tree: HostTree,
+    environ: Mapping[str, str],
+    stop: Stop | None,
+    settings: Settings,
+    job_log: JobLog,
 ) -> HostRun:
     plan = LaunchPlan(
         kind="process",
@@ -193,12 +208,18 @@ def _run_one(
         max_runtime=spec.max_runtime,
         grace_period=settings.grace_period + GRACE_MARGIN,
         progress_interval=0.0,
+        sink=job_log.sink(tree.host, prefixed(plan.log_prefix)),
     )
     return HostRun.of(tree.host, tree.root, result.exit_status)
 
 
 def _run_hosts(
-    spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str], stop: Stop | None, settings: Settings
+    spec: JobSpec,
+    trees: list[HostTree],
+    environ: Mapping[str, str],
+    stop: Stop | None,
+    settings: Settings,
+    job_log: JobLog,
 ) -> list[HostRun]:
 
     roots = {tree.host: tree.root for tree in trees}
@@ -210,12 +231,13 @@ def _run_hosts(
         stop=stop,
         max_runtime=spec.max_runtime,
         stop_grace=settings.grace_period + GRACE_MARGIN,
+        sink_for=lambda host: job_log.sink(host, host_sink(host)),
     )
     return [HostRun.of(tree.host, tree.root, statuses.get(tree.host, 1)) for tree in trees]
 
 
 def _run_in_containers(
-    spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str], stop: Stop | None
+    spec: JobSpec, trees: list[HostTree], environ: Mapping[str, str], stop: Stop | None, job_log: JobLog
 ) -> list[HostRun]:
 
     if len(trees) > 1:
@@ -235,6 +257,7 @@ def _run_in_containers(
         max_runtime=spec.max_runtime,
         extra_args=mounts,
         stop=stop,
+        sink=job_log.sink(tree.host, prefixed("")),
     )
     return [HostRun.of(tree.host, tree.root, status)]
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from smtk.config import DISTRIBUTION_TYPES, INPUT_MODES, RECORD_WRAPPERS, load_json_object
 from smtk.errors import ConfigError
+from smtk.local.metrics import MetricDefinition, parse_definitions
 
 _NAME = re.compile(r"^[A-Za-z0-9](-*[A-Za-z0-9]){0,62}$")
 
@@ -66,6 +67,8 @@ class JobSpec:
     image: str | None = None
     #: ``OutputDataConfig.S3OutputPath``: where model.tar.gz and output.tar.gz go.
     output_path: str | None = None
+    #: ``AlgorithmSpecification.MetricDefinitions``.
+    metric_definitions: tuple[MetricDefinition, ...] = ()
 
 
 def encode_hyperparameter(text: str) -> str:
@@ -227,6 +230,7 @@ def load_spec(path: str) -> JobSpec:
         output_s3=_decode(hyperparameters.get("sagemaker_s3_output")),
         image=_str(source, "AlgorithmSpecification.TrainingImage", algo.get("TrainingImage")),
         output_path=resolve_location(output_path, base) if output_path else None,
+        metric_definitions=parse_definitions(source, algo.get("MetricDefinitions")),
     )
 
 
