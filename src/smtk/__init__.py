@@ -19,15 +19,22 @@ TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "Environment", "SmtkError", "__version__"]
+__all__ = ["ConfigError", "Environment", "SmtkError", "__version__", "log_metric", "metric_definition"]
 
 if TYPE_CHECKING:
     from smtk.environment import Environment
     from smtk.errors import ConfigError, SmtkError
+    from smtk.metrics import log_metric, metric_definition
 
 #: Where each public name lives: loaded on first use (PEP 562), so that ``import smtk`` is
 #: one small module and a console script can install its stop before anything else loads.
-_LAZY = {"Environment": "smtk.environment", "ConfigError": "smtk.errors", "SmtkError": "smtk.errors"}
+_LAZY = {
+    "Environment": "smtk.environment",
+    "ConfigError": "smtk.errors",
+    "SmtkError": "smtk.errors",
+    "log_metric": "smtk.metrics",
+    "metric_definition": "smtk.metrics",
+}
 
 
 def __getattr__(name: str) -> object:

@@ -101,3 +101,27 @@ def test_table_json_and_plot(tmp_path: Path) -> None:
     assert width > 300 and height > 200
     colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
     assert colours is not None and len(colours) > 10  # lines, axes and text, not a blank canvas
+
+
+@pytest.mark.parametrize("value", [0.25, -3, 1e-8, 12345678.9, float("nan"), float("inf"), 0])
+def test_log_metric_is_found_by_its_definition(value: float) -> None:
+    import io
+    import math
+
+    import smtk
+
+    out = io.StringIO()
+    smtk.log_metric("train:loss", value, step=7, stream=out)
+    definition = smtk.metric_definition("train:loss")
+    metrics = Metrics(parse_definitions("spec.json", [definition]))
+    metrics.feed("algo-1", out.getvalue().rstrip("\n"))
+    found = [s.value for s in metrics.samples("train:loss")]
+    assert found == ([] if not math.isfinite(value) else [float(value)])  # nan/inf are not recorded
+    assert out.getvalue().endswith(" step=7\n")
+
+
+def test_log_metric_refuses_names_a_regex_cannot_find() -> None:
+    import smtk
+
+    with pytest.raises(ValueError, match="no spaces"):
+        smtk.log_metric("train loss", 1.0)

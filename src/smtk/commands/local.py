@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         job_dir = args.job_dir or os.path.join(
             "smtk-jobs", f"{spec.job_name}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
-        return run_job(spec, job_dir, stop=stop, pipe_epochs=args.pipe_epochs)
+        return run_job(spec, job_dir, stop=stop, pipe_epochs=args.pipe_epochs).exit_status
     except Stopped as stopped:
         log.write("stderr", f"smtk local: {stopped}")
         return stopped.exit_status

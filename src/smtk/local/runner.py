@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from smtk import log, report
@@ -73,6 +73,50 @@ class HostRun:
                 host=host,
             )
         return cls(host, root, exit_status, found)
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """How a ``smtk local`` job ended, for notebooks and tests (see :func:`smtk.local.run`)."""
+
+    job_name: str
+    #: Absolute: the hosts' trees (``<job_dir>/algo-1``), logs and metrics are there.
+    job_dir: str
+    #: The job's exit status: 0, or the root-cause host's (1 when only storing the artifacts failed).
+    exit_status: int
+    seconds: float
+    #: Every host's status and failure record, in host order.
+    hosts: tuple[HostRun, ...]
+    #: The stored model.tar.gz and output.tar.gz (with an output path).
+    artifacts: tuple[Artifact, ...] = ()
+    #: Why they could not be stored ("" when they were, or when there is no output path).
+    artifact_error: str = ""
+    metrics: Metrics | None = None
+    #: host -> its log file.
+    logs: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_status == 0
+
+    @property
+    def failure(self) -> Failure | None:
+        """The job's root cause (the earliest root-cause failure among the hosts), if it failed."""
+        return root_failure(list(self.hosts))
+
+    @property
+    def model_dir(self) -> str:
+        """The first host's ``/opt/ml/model`` on this machine."""
+        return os.path.join(self.hosts[0].root, "model")
+
+    @property
+    def model_data(self) -> str | None:
+        """Where model.tar.gz was stored (``s3://...`` or a path), if it was."""
+        return next((a.location for a in self.artifacts if a.name == "model.tar.gz"), None)
+
+    def metric(self, name: str) -> list[float]:
+        """Every value of metric ``name``, in the order they were logged."""
+        return [s.value for s in self.metrics.samples(name)] if self.metrics is not None else []
 
 
 def train_environment(spec: JobSpec, tree: HostTree, environ: Mapping[str, str]) -> dict[str, str]:
@@ -139,14 +183,14 @@ def run_job(
     stop: Stop | None = None,
     environ: Mapping[str, str] | None = None,
     pipe_epochs: int | None = None,
-) -> int:
-    """Lay out, run and summarise ``spec``; returns the job's exit status."""
+) -> LocalResult:
+    """Lay out, run and summarise ``spec``; how it ended (:class:`LocalResult`)."""
     env = dict(os.environ if environ is None else environ)
     settings = Settings.from_environ(env)
     started = time.monotonic()
     trees = lay_out(spec, job_dir, env, container=spec.image is not None, settings=settings.s3, stop=stop)
     logger.info("job %s: %d host(s) under %s", spec.job_name, len(trees), os.path.abspath(job_dir))
-    job_log = JobLog(job_dir, Metrics(spec.metric_definitions))
+    job_log = JobLog(os.path.abspath(job_dir), Metrics(spec.metric_definitions))
     feeders = _start_feeders(spec, trees, env, pipe_epochs)
     try:
         if spec.image is not None:
@@ -178,13 +222,23 @@ def run_job(
             artifact_error = str(exc)
             logger.error("%s", exc)
             status = status or 1
-    log.write("stdout", summary(spec, outcomes, time.monotonic() - started, artifacts, artifact_error))
+    seconds = time.monotonic() - started
+    log.write("stdout", summary(spec, outcomes, seconds, artifacts, artifact_error))
     if spec.metric_definitions:
-        log.write(
-            "stdout", "\nmetrics:\n" + job_log.metrics.table() + "\n  written: " + ", ".join(metric_files)
-        )
+        table = job_log.metrics.table()
+        log.write("stdout", f"\nmetrics:\n{table}\n  written: {', '.join(metric_files)}")
     log.write("stdout", f"  logs:          {job_log.directory}")
-    return status
+    return LocalResult(
+        job_name=spec.job_name,
+        job_dir=os.path.abspath(job_dir),
+        exit_status=status,
+        seconds=seconds,
+        hosts=tuple(outcomes),
+        artifacts=tuple(artifacts),
+        artifact_error=artifact_error,
+        metrics=job_log.metrics,
+        logs={tree.host: job_log.path(tree.host) for tree in trees},
+    )
 
 
 def _run_one(
