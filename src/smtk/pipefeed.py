@@ -80,6 +80,7 @@ class PipeFeeder:
         environ: Mapping[str, str] | None = None,
         *,
         chunk_size: int = CHUNK_SIZE,
+        host: str = "",
     ) -> None:
         config.parse_channel("pipe feeder", channel, {})  # validates the name
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -100,6 +101,8 @@ class PipeFeeder:
                 host_index,
             )
         self.channel = channel
+        #: How its log lines name it: ``algo-2 | pipe-feed train`` beside several hosts' lines.
+        self.name = f"{host} | pipe-feed {channel}" if host else f"pipe-feed {channel}"
         self.source = source
         self.data_dir = data_dir
         self.epochs = epochs
@@ -177,7 +180,7 @@ class PipeFeeder:
             self._thread.join(0.05)
         if self.running:
             logger.warning(
-                "pipe-feed %s: the feeding thread did not stop within %.0f s", self.channel, timeout
+                "%s: the feeding thread did not stop within %.0f s", self.name, timeout
             )
             return
         self._cleanup()
@@ -192,8 +195,8 @@ class PipeFeeder:
             for obj in objects:
                 recordio_header(obj.size)  # too big for one record: fail now, not mid-epoch
         logger.info(
-            "pipe-feed %s: %d file(s), %d bytes per epoch from %s (%s%s)",
-            self.channel,
+            "%s: %d file(s), %d bytes per epoch from %s (%s%s)",
+            self.name,
             len(objects),
             sum(o.size for o in objects),
             self.source,
@@ -226,12 +229,12 @@ class PipeFeeder:
                 self._feed_epoch(epoch)
                 self.epochs_done += 1
             else:
-                logger.info("pipe-feed %s: all %d epoch(s) fed", self.channel, self.epochs)
+                logger.info("%s: all %d epoch(s) fed", self.name, self.epochs)
         except _Stopped:
-            logger.info("pipe-feed %s: stopped after %d epoch(s)", self.channel, self.epochs_done)
+            logger.info("%s: stopped after %d epoch(s)", self.name, self.epochs_done)
         except (SmtkError, OSError) as exc:
             self.error = exc
-            logger.error("pipe-feed %s: %s", self.channel, exc)
+            logger.error("%s: %s", self.name, exc)
         finally:
             self._cleanup()
 
@@ -240,7 +243,7 @@ class PipeFeeder:
         _make_fifo(path)
         with self._lock:
             self._made.append(path)
-        logger.info("pipe-feed %s: epoch %d: waiting for a reader on %s", self.channel, epoch, path)
+        logger.info("%s: epoch %d: waiting for a reader on %s", self.name, epoch, path)
         self._opening = path
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)  # blocks until a reader opens it
@@ -256,8 +259,8 @@ class PipeFeeder:
                 self._send_object(fd, obj)
         except BrokenPipeError:
             logger.info(
-                "pipe-feed %s: epoch %d: the reader closed it after %d bytes; next epoch",
-                self.channel,
+                "%s: epoch %d: the reader closed it after %d bytes; next epoch",
+                self.name,
                 epoch,
                 self.bytes_written - written,
             )
@@ -267,8 +270,8 @@ class PipeFeeder:
         seconds = time.monotonic() - started
         size = self.bytes_written - written
         logger.info(
-            "pipe-feed %s: epoch %d: %d bytes in %.2f s (%.0f MB/s)",
-            self.channel,
+            "%s: epoch %d: %d bytes in %.2f s (%.0f MB/s)",
+            self.name,
             epoch,
             size,
             seconds,
@@ -314,7 +317,7 @@ class PipeFeeder:
                     count = len(data)
                 if count == 0:
                     raise ChannelError(
-                        f"pipe-feed {self.channel}: {obj.path} shrank while being sent "
+                        f"{self.name}: {obj.path} shrank while being sent "
                         f"({sent} of {obj.size} bytes)"
                     )
                 sent += count
@@ -333,7 +336,7 @@ class PipeFeeder:
             body.close()
         if sent != obj.size:
             raise ChannelError(
-                f"pipe-feed {self.channel}: s3://{obj.bucket}/{obj.name} gave {sent} bytes, "
+                f"{self.name}: s3://{obj.bucket}/{obj.name} gave {sent} bytes, "
                 f"its listing said {obj.size}"
             )
 

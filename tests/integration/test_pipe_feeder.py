@@ -181,3 +181,13 @@ def test_a_missing_source_and_a_non_fifo_in_the_way(tmp_path: Path) -> None:
     assert isinstance(feeder.error, ChannelError)
     assert "exists and is not a FIFO" in str(feeder.error)
     assert (data / "train_0").read_text() == "a regular file"
+
+
+def test_log_lines_name_the_host_beside_several_hosts(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    one = PipeFeeder("train", str(data), str(tmp_path / "in"), epochs=1)
+    two = PipeFeeder(
+        "train", str(data), str(tmp_path / "in"), epochs=1, host_index=1, host_count=2, host="algo-2"
+    )
+    assert (one.name, two.name) == ("pipe-feed train", "algo-2 | pipe-feed train")

@@ -23,6 +23,7 @@ rank wrapper already wrote ``algo-2:N``). When one host fails, the others get
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -103,6 +104,16 @@ def run_hosts(
                 logger.info(
                     "smtk local: %d hosts in network namespaces (%s)", len(hosts), spaces.subnet + ".0/24"
                 )
+                # Inside, every host sees its tree at the same temporary path (gone after the
+                # job); say where each one really is, so paths in the job's output can be found.
+                for host in hosts:
+                    logger.info(
+                        "smtk local: %s sees %s at %s (SM_MODEL_DIR=%s)",
+                        host,
+                        host_roots[host],
+                        spaces.mount_point,
+                        os.path.join(spaces.mount_point, "model"),
+                    )
                 envs = {host: {**environ, "SAGEMAKER_BASE_DIR": spaces.mount_point} for host in hosts}
                 return _supervise(
                     supervisor, hosts, lambda h: spaces.command(h, command), envs, settings, sink, sink_for

@@ -163,6 +163,7 @@ def _feeder(
         host_index=tree.index,
         host_count=host_count,
         environ=environ,
+        host=tree.host if host_count > 1 else "",
     )
     feeder.start()
     return feeder
