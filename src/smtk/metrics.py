@@ -16,19 +16,18 @@ two never drift apart::
 from __future__ import annotations
 
 import re
-import sys
-from typing import TextIO
+
+from smtk import log
 
 PREFIX = "[metric]"
 
 
-def log_metric(name: str, value: float, *, step: int | None = None, stream: TextIO | None = None) -> None:
-    """Print ``[metric] NAME=VALUE[ step=N]`` on one line (stdout by default) and flush it."""
+def log_metric(name: str, value: float, *, step: int | None = None) -> None:
+    """Print ``[metric] NAME=VALUE[ step=N]`` on one line of stdout (through :mod:`smtk.log`)."""
     if not name or any(c.isspace() or c == "=" for c in name):
         raise ValueError(f"metric name {name!r}: expected no spaces and no '='")
     line = f"{PREFIX} {name}={float(value)!r}" + (f" step={int(step)}" if step is not None else "")
-    out = stream if stream is not None else sys.stdout
-    print(line, file=out, flush=True)
+    log.write("stdout", line)
 
 
 def metric_definition(name: str) -> dict[str, str]:

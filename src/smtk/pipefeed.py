@@ -179,9 +179,7 @@ class PipeFeeder:
             assert self._thread is not None
             self._thread.join(0.05)
         if self.running:
-            logger.warning(
-                "%s: the feeding thread did not stop within %.0f s", self.name, timeout
-            )
+            logger.warning("%s: the feeding thread did not stop within %.0f s", self.name, timeout)
             return
         self._cleanup()
 
@@ -317,8 +315,7 @@ class PipeFeeder:
                     count = len(data)
                 if count == 0:
                     raise ChannelError(
-                        f"{self.name}: {obj.path} shrank while being sent "
-                        f"({sent} of {obj.size} bytes)"
+                        f"{self.name}: {obj.path} shrank while being sent ({sent} of {obj.size} bytes)"
                     )
                 sent += count
 
@@ -336,8 +333,7 @@ class PipeFeeder:
             body.close()
         if sent != obj.size:
             raise ChannelError(
-                f"{self.name}: s3://{obj.bucket}/{obj.name} gave {sent} bytes, "
-                f"its listing said {obj.size}"
+                f"{self.name}: s3://{obj.bucket}/{obj.name} gave {sent} bytes, its listing said {obj.size}"
             )
 
     def _write(self, fd: int, data: bytes) -> None:

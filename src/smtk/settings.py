@@ -85,6 +85,13 @@ def flag(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
     raise ConfigError(name, None, "1/true/yes/on or 0/false/no/off", raw)
 
 
+def _pip_cache(raw: str | None) -> str:
+    text = (raw or "").strip()
+    if text.lower() in ("off", "0", "none", "false", "no"):
+        return ""
+    return text or "~/.cache/smtk/pip"
+
+
 def choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
     """One of ``choices`` (compared in lower case)."""
     raw = _raw(environ, name)
@@ -294,6 +301,8 @@ class Settings:
     local_peer_grace: float = 30.0
     container_engine: str = ""
     container_args: tuple[str, ...] = ()
+    #: pip's cache mounted into --image containers ("" for none).
+    local_pip_cache: str = "~/.cache/smtk/pip"
     # what train tells the processes it starts (read back by smtk's own helpers)
     launcher: str = ""
     master_host: str = ""
@@ -330,6 +339,7 @@ class Settings:
             local_peer_grace=number(environ, "SMTK_LOCAL_PEER_GRACE", 30.0),
             container_engine=(environ.get("SMTK_CONTAINER_ENGINE") or "").strip(),
             container_args=words(environ, "SMTK_CONTAINER_ARGS"),
+            local_pip_cache=_pip_cache(environ.get("SMTK_LOCAL_PIP_CACHE")),
             launcher=(environ.get("SMTK_LAUNCHER") or "").strip(),
             master_host=(environ.get("SMTK_MASTER_HOST") or "").strip(),
         )

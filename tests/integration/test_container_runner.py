@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from smtk.local.container import run_in_container
+from smtk.errors import ConfigError
+from smtk.local.container import PIP_CACHE, gpu_args, run_in_container
 from tests.helpers.jobtree import clean_env, make_tree
 
 #: A container that ignores SIGTERM: "run" waits until "kill --signal KILL" arrives.
@@ -43,6 +44,7 @@ def test_exit_status_and_values_through_the_environment(
     engine.write_text(f'#!/bin/sh\nprintf "%s|%s" "$*" "$API_TOKEN" > {seen}\nexit 7\n')
     engine.chmod(0o755)
     monkeypatch.delenv("SMTK_CONTAINER_ARGS", raising=False)
+    monkeypatch.setenv("SMTK_LOCAL_PIP_CACHE", "off")
 
     status = run_in_container(
         "img", str(root), environ={"API_TOKEN": "s3cret"}, engine=str(engine), name="c1"
@@ -161,3 +163,92 @@ def test_smtk_local_image_stops_the_container_at_the_maximum_runtime(tmp_path: P
     assert (state / "signals").read_text().splitlines() == ["SIGTERM"]
     assert "maximum runtime of 1 s reached" in ran.stderr
     assert took < 25
+
+
+@pytest.mark.parametrize(
+    ("engine", "gpus", "expected"),
+    [
+        ("/usr/bin/docker", "all", ["--gpus", "all"]),
+        ("/usr/bin/docker", "2", ["--gpus", "2"]),
+        ("/usr/bin/docker", "0, 2", ["--gpus", '"device=0,2"']),
+        ("/usr/bin/podman", "all", ["--device", "nvidia.com/gpu=all"]),
+        ("/usr/bin/podman", "2", ["--device", "nvidia.com/gpu=0", "--device", "nvidia.com/gpu=1"]),
+        ("podman", "1,3", ["--device", "nvidia.com/gpu=1", "--device", "nvidia.com/gpu=3"]),
+        ("/usr/bin/docker", "0", ["--gpus", '"device=0"']),  # device 0, not zero GPUs
+        ("podman", "0", ["--device", "nvidia.com/gpu=0"]),
+    ],
+)
+def test_gpus_in_each_engines_form(engine: str, gpus: str, expected: list[str]) -> None:
+    assert gpu_args(engine, gpus) == expected
+
+
+@pytest.mark.parametrize("gpus", ["", "two", "1,,2", "-1", "all,1", "1.5"])
+def test_bad_gpus_are_configuration_errors(gpus: str) -> None:
+    with pytest.raises(ConfigError, match="--gpus"):
+        gpu_args("docker", gpus)
+
+
+def test_gpus_and_the_shared_pip_cache_reach_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_tree(tmp_path / "job")
+    seen = tmp_path / "seen"
+    engine = tmp_path / "podman"
+    engine.write_text(f'#!/bin/sh\nprintf "%s|%s" "$*" "$PIP_CACHE_DIR" > {seen}\nexit 0\n')
+    engine.chmod(0o755)
+    monkeypatch.setenv("SMTK_LOCAL_PIP_CACHE", str(tmp_path / "pipcache"))
+    monkeypatch.delenv("SMTK_CONTAINER_ARGS", raising=False)
+    assert run_in_container("img", str(root), environ={}, engine=str(engine), name="c1", gpus="all") == 0
+    args, cache_dir = seen.read_text().split("|")
+    assert f"-v {tmp_path / 'pipcache'}:{PIP_CACHE}" in args and cache_dir == PIP_CACHE
+    assert "-e PIP_CACHE_DIR" in args
+    assert "--device nvidia.com/gpu=all img train" in args
+    assert (tmp_path / "pipcache").is_dir()
+    monkeypatch.setenv("SMTK_LOCAL_PIP_CACHE", "off")
+    assert run_in_container("img", str(root), environ={}, engine=str(engine), name="c2") == 0
+    assert PIP_CACHE not in seen.read_text() and seen.read_text().endswith("|")
+
+
+@pytest.mark.parametrize(
+    ("message", "advice"),
+    [
+        (
+            "Error: runc: runc create failed: unable to start container process: error during container "
+            "init: error setting rlimit type 7: operation not permitted: OCI permission denied",
+            "SMTK_CONTAINER_ARGS='--runtime runc --ulimit nofile=1024:1024",
+        ),
+        ("Cannot connect to the Docker daemon at unix:///var/run/docker.sock.",
+         "SMTK_CONTAINER_ENGINE=podman"),
+        ("Error: repository name not known: image not known", "build it"),
+        ('docker: Error response from daemon: could not select device driver "" with capabilities: [[gpu]].',
+         "NVIDIA Container Toolkit"),
+        ("Error: setting up CDI devices: unresolvable CDI devices nvidia.com/gpu=all",
+         "nvidia-ctk cdi generate"),
+    ],
+)  # fmt: skip
+def test_engine_failures_are_explained(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    smtk_log: pytest.LogCaptureFixture,
+    message: str,
+    advice: str,
+) -> None:
+    root = make_tree(tmp_path / "job")
+    engine = tmp_path / "engine"
+    engine.write_text(f"#!/bin/sh\necho '{message}' >&2\nexit 126\n")
+    engine.chmod(0o755)
+    monkeypatch.setenv("SMTK_LOCAL_PIP_CACHE", "off")
+    assert run_in_container("img", str(root), environ={}, engine=str(engine), name="c1") == 126
+    assert advice in smtk_log.text
+
+
+def test_an_engine_message_in_a_successful_run_is_not_blamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smtk_log: pytest.LogCaptureFixture
+) -> None:
+    root = make_tree(tmp_path / "job")
+    engine = tmp_path / "engine"
+    engine.write_text("#!/bin/sh\necho 'my log mentions image not known'\nexit 0\n")
+    engine.chmod(0o755)
+    monkeypatch.setenv("SMTK_LOCAL_PIP_CACHE", "off")
+    assert run_in_container("img", str(root), environ={}, engine=str(engine), name="c1") == 0
+    assert "failed" not in smtk_log.text

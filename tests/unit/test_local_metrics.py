@@ -104,20 +104,19 @@ def test_table_json_and_plot(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("value", [0.25, -3, 1e-8, 12345678.9, float("nan"), float("inf"), 0])
-def test_log_metric_is_found_by_its_definition(value: float) -> None:
-    import io
+def test_log_metric_is_found_by_its_definition(value: float, capsys: pytest.CaptureFixture[str]) -> None:
     import math
 
     import smtk
 
-    out = io.StringIO()
-    smtk.log_metric("train:loss", value, step=7, stream=out)
+    smtk.log_metric("train:loss", value, step=7)
+    out = capsys.readouterr().out
     definition = smtk.metric_definition("train:loss")
     metrics = Metrics(parse_definitions("spec.json", [definition]))
-    metrics.feed("algo-1", out.getvalue().rstrip("\n"))
+    metrics.feed("algo-1", out.rstrip("\n"))
     found = [s.value for s in metrics.samples("train:loss")]
     assert found == ([] if not math.isfinite(value) else [float(value)])  # nan/inf are not recorded
-    assert out.getvalue().endswith(" step=7\n")
+    assert out.endswith(" step=7\n")
 
 
 def test_log_metric_refuses_names_a_regex_cannot_find() -> None:

@@ -20,6 +20,7 @@ import time
 
 from smtk import log
 from smtk.errors import ConfigError, SmtkError
+from smtk.local.container import gpu_args
 from smtk.local.runner import run_job
 from smtk.local.spec import (
     JobSpec,
@@ -71,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-run", type=float, metavar="SECONDS", help="stop the job with SIGTERM after this"
     )
     parser.add_argument("--image", help="run `IMAGE train` in a container (podman or docker)")
+    parser.add_argument(
+        "--gpus", metavar="all|N|0,1", help="GPUs for the --image container (docker --gpus, podman CDI)"
+    )
     parser.add_argument("--checkpoint-s3", metavar="URI", help="sync /opt/ml/checkpoints with this S3 prefix")
     parser.add_argument("--output-s3", metavar="URI", help="sync output/intermediate to this S3 prefix")
     parser.add_argument(
@@ -99,6 +103,15 @@ def _build_spec(args: argparse.Namespace) -> object:
     by_name = {c.name: c for c in spec.channels}
     by_name.update({c.name: c for c in channels})
     environment = {**spec.environment, **parse_pairs(args.env, "--env")}
+    if args.gpus and not (args.image or spec.image):
+        raise ConfigError(
+            "smtk local",
+            "--gpus",
+            "--image (without a container every GPU is visible; choose with CUDA_VISIBLE_DEVICES)",
+            args.gpus,
+        )
+    if args.gpus:
+        gpu_args("docker", args.gpus)  # checked now, not after the job is laid out
     if args.instance_count is not None and not 1 <= args.instance_count <= 64:
         raise ConfigError("smtk local", "--instance-count", "an integer from 1 to 64", args.instance_count)
     return with_overrides(
@@ -113,6 +126,7 @@ def _build_spec(args: argparse.Namespace) -> object:
         instance_count=args.instance_count,
         max_runtime=args.max_run,
         image=args.image,
+        gpus=args.gpus,
         checkpoint_s3=args.checkpoint_s3,
         output_s3=args.output_s3,
         output_path=resolve_location(args.output_path, os.getcwd()) if args.output_path else None,

@@ -32,6 +32,13 @@ Settings:
 
 Environment values are passed as ``-e NAME`` with the value in the engine's own
 environment, so no value (a secret) ever appears on a command line.
+
+GPUs (``gpus``: ``all``, a count or device indices ``0,1``) are asked for in the form each
+engine understands: docker's ``--gpus`` (NVIDIA Container Toolkit), podman's CDI devices
+(``--device nvidia.com/gpu=N``). pip's cache (``SMTK_LOCAL_PIP_CACHE``, default
+``~/.cache/smtk/pip``) is mounted into the container, so a job's ``requirements.txt`` is
+downloaded once, not on every run. When the engine itself fails (its own message among
+the lines, a status of 125 to 127), a known cause is explained with what to set.
 """
 
 from __future__ import annotations
@@ -105,6 +112,98 @@ def engine_args(environ: Mapping[str, str] | None = None) -> list[str]:
     return list(Settings.from_environ(os.environ if environ is None else environ).container_args)
 
 
+def gpu_args(engine: str, gpus: str) -> list[str]:
+    """``run`` options giving the container ``gpus`` (``all``, a count, or indices ``0,2``)."""
+    text = gpus.strip().lower()
+    indices: list[str] | None
+    count = int(text) if text.isdigit() and not text.startswith("0") else None
+    if text == "all":
+        indices = None
+    elif count is not None:
+        indices = [str(i) for i in range(count)]
+    elif text and all(part.strip().isdigit() for part in text.split(",")):
+        indices = [part.strip() for part in text.split(",")]
+    else:
+        raise ConfigError("--gpus", None, "all, a number of GPUs, or device indices such as 0 or 0,1", gpus)
+    if "podman" in os.path.basename(engine):
+        # Podman reaches NVIDIA GPUs through CDI (nvidia-ctk cdi generate).
+        devices = ["all"] if indices is None else indices
+        return [arg for d in devices for arg in ("--device", f"nvidia.com/gpu={d}")]
+    if indices is None:
+        return ["--gpus", "all"]
+    if count is not None:
+        return ["--gpus", str(count)]
+    return ["--gpus", f'"device={",".join(indices)}"']  # docker wants the quotes around a list
+
+
+#: Engine failures with a known cause: (words in the engine's message, what to do).
+ENGINE_HINTS = (
+    (
+        "error setting rlimit",
+        "the runtime could not apply the container's resource limits (nested or rootless "
+        "containers); set SMTK_CONTAINER_ARGS='--runtime runc --ulimit nofile=1024:1024 "
+        "--ulimit nproc=1024:1024'",
+    ),
+    (
+        "cannot connect to the docker daemon",
+        "docker's daemon is not running: start it, or use podman (SMTK_CONTAINER_ENGINE=podman)",
+    ),
+    (
+        "could not select device driver",
+        "docker cannot give the container GPUs: install the NVIDIA Container Toolkit and restart docker",
+    ),
+    (
+        "unresolvable cdi devices",
+        "podman has no CDI description of the GPUs: "
+        "run 'nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml'",
+    ),
+    (
+        "pull access denied",
+        "the image is not on this machine and cannot be pulled: build it, or log in to its registry",
+    ),
+    (
+        "manifest unknown",
+        "the image's tag does not exist in its registry: check the image name",
+    ),
+    (
+        "image not known",
+        "the image is not on this machine: build it, or give its full name (registry/name:tag)",
+    ),
+)
+
+
+class _EngineErrors:
+    """A sink in front of another: remembers the first engine failure with a known cause."""
+
+    def __init__(self, sink: LineSink) -> None:
+        self._sink = sink
+        self.hint: str | None = None
+
+    def __call__(self, stream: str, line: str) -> None:
+        if self.hint is None and len(line) < 4096:
+            lowered = line.lower()
+            self.hint = next((hint for words, hint in ENGINE_HINTS if words in lowered), None)
+        self._sink(stream, line)
+
+
+def pip_cache_mount(environ: Mapping[str, str]) -> list[str]:
+    """``-v`` for pip's cache shared across runs (``SMTK_LOCAL_PIP_CACHE``; ``off`` for none)."""
+    setting = Settings.from_environ(environ).local_pip_cache
+    if not setting:
+        return []
+    path = os.path.abspath(os.path.expanduser(setting))
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        logger.warning("no shared pip cache for the container: cannot create %s (%s)", path, exc)
+        return []
+    return ["-v", f"{path}:{PIP_CACHE}"]
+
+
+#: Where the shared pip cache is mounted inside the container.
+PIP_CACHE = "/var/cache/smtk-pip"
+
+
 def tree_mounts(host_root: str) -> list[tuple[str, str]]:
     """The bind mounts that put the host's job tree at ``/opt/ml`` (host path, container path).
 
@@ -158,6 +257,7 @@ def run_in_container(
     extra_args: Sequence[str] = (),
     stop: Stop | None = None,
     sink: LineSink | None = None,
+    gpus: str | None = None,
 ) -> int:
     """Run ``IMAGE train`` with ``host_root`` as ``/opt/ml``; returns the container's exit status.
 
@@ -184,6 +284,7 @@ def run_in_container(
                 extra_args=extra_args,
                 stop=own,
                 sink=sink,
+                gpus=gpus,
             )
         finally:
             own.restore()
@@ -199,6 +300,8 @@ def run_in_container(
             hint="install podman, or start the docker daemon, or set SMTK_CONTAINER_ENGINE",
         )
     container = name or f"smtk-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    cache = pip_cache_mount(os.environ)
+    environ = {**environ, "PIP_CACHE_DIR": PIP_CACHE} if cache and "PIP_CACHE_DIR" not in environ else environ
     argv = run_argv(
         path,
         image,
@@ -206,7 +309,7 @@ def run_in_container(
         names=sorted(environ),
         name=container,
         hostname=_current_host(host_root),
-        options=engine_args(),
+        options=[*cache, *(gpu_args(path, gpus) if gpus else []), *engine_args()],
         extra_args=extra_args,
     )
     # Values never are on argv, but SMTK_CONTAINER_ARGS may carry an option with a secret.
@@ -217,11 +320,12 @@ def run_in_container(
     )
     # The engine's own session: a terminal's Ctrl-C reaches only smtk, which forwards it
     # once through the engine (the engine CLI would proxy it a second time otherwise).
+    errors = _EngineErrors(sink or prefixed(""))
     supervisor.start(
         "container",
         argv,
         env={**os.environ, **environ},
-        sink=sink or prefixed(""),
+        sink=errors,
         signaller=signaller.send,
         progress_interval=0.0,
     )
@@ -229,6 +333,8 @@ def run_in_container(
         result = supervisor.wait()["container"]
     finally:
         signaller.finished.set()
+    if result.exit_status != 0 and errors.hint is not None:
+        logger.error("container engine %s failed: %s", os.path.basename(path), errors.hint)
     if result.stopped_by is not None:
         logger.info(
             "container %s stopped after %s: exit status %d",

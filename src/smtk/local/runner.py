@@ -313,6 +313,7 @@ def _run_in_containers(
         extra_args=mounts,
         stop=stop,
         sink=job_log.sink(tree.host, prefixed("")),
+        gpus=spec.gpus,
     )
     return [HostRun.of(tree.host, tree.root, status)]
 

@@ -69,6 +69,8 @@ class JobSpec:
     output_path: str | None = None
     #: ``AlgorithmSpecification.MetricDefinitions``.
     metric_definitions: tuple[MetricDefinition, ...] = ()
+    #: GPUs for ``--image`` runs: ``all``, a count or device indices (``0,1``).
+    gpus: str | None = None
 
 
 def encode_hyperparameter(text: str) -> str:
