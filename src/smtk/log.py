@@ -5,7 +5,9 @@ Two ways out, one mask::
     logger ("smtk", "smtk.sync", ...) ──> MaskingHandler ──┐
     write("stdout" | "stderr", text)  ─────────────────────┴──> masker().mask(text) ──> the stream
 
-- The ``smtk`` logger prints ``smtk LEVEL message`` lines on stderr. Its level comes
+- The ``smtk`` logger prints ``smtk LEVEL message`` lines on stderr (with
+  ``SMTK_LOG_FORMAT=json``, one JSON object per line instead: ``time`` (UTC, ISO 8601),
+  ``level``, ``logger``, ``message``; the message is masked before it is encoded). Its level comes
   from ``SMTK_LOG_LEVEL`` (a name or number), else the job's
   ``sagemaker_container_log_level``, else INFO. Configuring touches only the ``smtk``
   logger, never the root logger, so user code keeps control of its own logging.
@@ -23,14 +25,16 @@ Two ways out, one mask::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from typing import TextIO
 
 from smtk.redact import Masker
-from smtk.settings import log_level_setting
+from smtk.settings import log_format_setting, log_level_setting
 
 LOGGER_NAME = "smtk"
 logger = logging.getLogger(LOGGER_NAME)
@@ -90,6 +94,30 @@ class MaskingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; the message masked first (a JSON-escaped secret would
+    no longer look like the secret)."""
+
+    def __init__(self, masker: Masker | None = None) -> None:
+        super().__init__()
+        self._mask = (masker or _masker).mask
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = self._mask(record.getMessage())
+        if record.exc_info:
+            message += "\n" + self._mask(self.formatException(record.exc_info))
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return json.dumps(
+            {
+                "time": f"{stamp}.{int(record.msecs):03d}Z",
+                "level": record.levelname,
+                "logger": record.name,
+                "message": message,
+            },
+            ensure_ascii=False,
+        )
+
+
 def parse_level(value: str | int | None, default: int = logging.INFO) -> int:
     if value is None or value == "":
         return default
@@ -109,7 +137,10 @@ def configure(level: int | None = None, environ: Mapping[str, str] | None = None
     logger.setLevel(chosen)
     if not any(isinstance(h, MaskingHandler) for h in logger.handlers):
         handler = MaskingHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("smtk %(levelname)s %(message)s"))
+        if log_format_setting(env) == "json":
+            handler.setFormatter(JsonFormatter())
+        else:
+            handler.setFormatter(logging.Formatter("smtk %(levelname)s %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
     return logger

@@ -125,6 +125,12 @@ def log_level_setting(environ: Mapping[str, str]) -> str | None:
     return _raw(environ, "SMTK_LOG_LEVEL")
 
 
+def log_format_setting(environ: Mapping[str, str]) -> str:
+    """``SMTK_LOG_FORMAT``: ``json`` for one JSON object per smtk log line, else ``text``."""
+    raw = _raw(environ, "SMTK_LOG_FORMAT")
+    return "json" if raw is not None and raw.strip().lower() == "json" else "text"
+
+
 def is_set(environ: Mapping[str, str], name: str) -> bool:
     """Whether the user set ``name`` (to something not blank)."""
     return _raw(environ, name) is not None
