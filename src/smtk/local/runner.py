@@ -225,10 +225,10 @@ def run_job(
             status = status or 1
     seconds = time.monotonic() - started
     log.write("stdout", summary(spec, outcomes, seconds, artifacts, artifact_error))
+    log.write("stdout", f"  logs:          {job_log.directory}")
     if spec.metric_definitions:
         table = job_log.metrics.table()
         log.write("stdout", f"\nmetrics:\n{table}\n  written: {', '.join(metric_files)}")
-    log.write("stdout", f"  logs:          {job_log.directory}")
     return LocalResult(
         job_name=spec.job_name,
         job_dir=os.path.abspath(job_dir),
