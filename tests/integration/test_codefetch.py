@@ -418,7 +418,7 @@ def test_s3_download_over_a_slow_link_logs_progress(
         lines[0],
     ), lines
     percents = [int(re.search(r"\((\d+)%\)", line)[1]) for line in lines]  # type: ignore[index]
-    assert percents == sorted(percents) and percents[-1] > percents[0]
+    assert percents == sorted(percents) and percents[-1] > percents[0], lines
 
 
 def test_s3_malicious_archive_is_rejected(

@@ -179,7 +179,7 @@ def test_a_permanent_error_is_reported_with_its_code_and_not_retried(
     assert sum("AccessDenied" in m for m in records.messages(logging.ERROR)) == 1  # logged once per code
 
 
-def test_an_endpoint_the_crt_client_refuses_is_served_by_the_classic_client(
+def test_an_endpoint_that_refuses_crt_multipart_gets_single_crt_puts(
     tmp_path: Path, s3_server: S3Server
 ) -> None:
     # rclone serve s3 names its CreateMultipartUpload answer <InitiateMultipartUpload>.
@@ -191,6 +191,7 @@ def test_an_endpoint_the_crt_client_refuses_is_served_by_the_classic_client(
     files = {"big-1.bin": os.urandom(12 * MiB), "big-2.bin": os.urandom(10 * MiB), "small.txt": b"small"}
     write_tree(tmp_path, files)
     engine = engine_for(proxy.endpoint, "auto")
+    routes = []
     try:
         with captured("smtk.s3") as records:
             for rel, data in files.items():
@@ -199,26 +200,45 @@ def test_an_endpoint_the_crt_client_refuses_is_served_by_the_classic_client(
                     engine.wait(transfer)
                 except Exception as exc:
                     assert engine.fall_back(transfer, exc), exc
-                    assert transfer.kind == "crt"
-                    engine.wait(engine.upload(str(tmp_path / rel), bucket, rel, size=len(data)))
+                    assert transfer.kind == "crt" and not transfer.whole
+                    transfer = engine.upload(str(tmp_path / rel), bucket, rel, size=len(data))
+                    engine.wait(transfer)
+                routes.append((rel, transfer.kind, transfer.whole))
     finally:
         engine.close()
         proxy.stop()
     assert s3_server.objects(bucket) == files
+    assert routes == [("big-1.bin", "crt", True), ("big-2.bin", "crt", True), ("small.txt", "crt", False)]
     warnings = records.messages(logging.WARNING)
     assert len(warnings) == 1 and "AWS_ERROR_S3_MISSING_UPLOAD_ID" in warnings[0], warnings
-    assert "uploads in parts" in warnings[0]
-    # Small files stayed on the CRT client: it streams bodies with a checksum trailer,
-    # botocore over plain HTTP signs a SHA-256 of the body.
-    small_puts = [r for r in proxy.seen("PUT") if r.key == "small.txt"]
-    assert small_puts
-    assert all(
-        r.headers.get("x-amz-content-sha256") == "STREAMING-UNSIGNED-PAYLOAD-TRAILER" for r in small_puts
-    )
-    parts = [r for r in proxy.seen("PUT") if r.key == "big-1.bin" and "partNumber" in r.query]
-    assert parts and all(
-        r.headers.get("x-amz-content-sha256") != "STREAMING-UNSIGNED-PAYLOAD-TRAILER" for r in parts
-    )
+    assert "uploads in parts go through single PUTs on the CRT client" in warnings[0]
+    # Every body went through the CRT client (a streamed body with a checksum trailer;
+    # botocore over plain HTTP signs a SHA-256 of the body), none in parts.
+    puts = proxy.seen("PUT")
+    assert {r.key for r in puts} == set(files)
+    assert all(r.headers.get("x-amz-content-sha256") == "STREAMING-UNSIGNED-PAYLOAD-TRAILER" for r in puts)
+    assert not [r for r in puts if "partNumber" in r.query]
+
+
+def test_a_refused_single_put_leaves_the_classic_client(s3_server: S3Server, s3_env: dict[str, str]) -> None:
+    from awscrt.exceptions import AwsCrtError
+
+    from smtk.s3.engine import Transfer
+
+    engine = engine_for(s3_server.endpoint, "auto")
+    try:
+        assert engine.kind == "crt"
+        refused = AwsCrtError(0, "AWS_ERROR_S3_MISSING_UPLOAD_ID", "no upload id")
+        for whole, then in ((False, (True, "crt")), (True, (False, "classic"))):
+            tried = Transfer("s3://b/k", "upload", 64 * MiB, "crt", None, None, whole)
+            assert engine.fall_back(tried, refused)
+            kind, now_whole, _ = engine._manager("upload", 64 * MiB)
+            assert (now_whole, kind) == then
+        # Above S3's limit for one PUT, the classic client's parts are the only route.
+        assert engine._manager("upload", 6 * 1024**3)[0] == "classic"
+        assert engine._manager("upload", 100)[0] == "crt"  # small files were never refused
+    finally:
+        engine.close()
 
 
 # -- choosing the client --------------------------------------------------------------------------
