@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 from smtk import log
 from smtk.errors import ConfigError, SmtkError
@@ -24,13 +23,13 @@ from smtk.local.container import gpu_args
 from smtk.local.runner import run_job
 from smtk.local.spec import (
     JobSpec,
-    default_job_name,
+    default_job_dir,
     encode_hyperparameter,
     load_spec,
+    merged,
     parse_channel_flag,
     parse_pairs,
     resolve_location,
-    with_overrides,
 )
 from smtk.stop import Stop, Stopped
 
@@ -87,23 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _build_spec(args: argparse.Namespace) -> object:
+def _build_spec(args: argparse.Namespace) -> JobSpec:
 
     spec = load_spec(args.spec) if args.spec else None
-    hyperparameters = {
-        k: encode_hyperparameter(v) for k, v in parse_pairs(args.hyperparameter, "--hyperparameter").items()
-    }
-    channels = tuple(parse_channel_flag(c) for c in args.channel)
-    if spec is None:
-        if not args.entry_point:
-            raise ConfigError("smtk local", "--entry-point", "a script to run (or --spec FILE)", "<nothing>")
-        name = args.job_name or default_job_name(args.entry_point)
-        spec = JobSpec(job_name=name)
-    merged_hps = {**spec.hyperparameters, **hyperparameters}
-    by_name = {c.name: c for c in spec.channels}
-    by_name.update({c.name: c for c in channels})
-    environment = {**spec.environment, **parse_pairs(args.env, "--env")}
-    if args.gpus and not (args.image or spec.image):
+    if args.gpus and not (args.image or (spec is not None and spec.image)):
         raise ConfigError(
             "smtk local",
             "--gpus",
@@ -112,18 +98,21 @@ def _build_spec(args: argparse.Namespace) -> object:
         )
     if args.gpus:
         gpu_args("docker", args.gpus)  # checked now, not after the job is laid out
-    if args.instance_count is not None and not 1 <= args.instance_count <= 64:
-        raise ConfigError("smtk local", "--instance-count", "an integer from 1 to 64", args.instance_count)
-    return with_overrides(
+    return merged(
         spec,
-        job_name=args.job_name,
-        source_dir=os.path.abspath(args.source_dir) if args.source_dir else None,
+        caller="smtk local",
+        names={"spec": "--spec FILE", "entry_point": "--entry-point", "instance_count": "--instance-count"},
         entry_point=args.entry_point,
-        hyperparameters=merged_hps,
-        channels=tuple(by_name.values()),
-        environment=environment,
-        instance_type=args.instance_type,
+        job_name=args.job_name,
+        hyperparameters={
+            k: encode_hyperparameter(v)
+            for k, v in parse_pairs(args.hyperparameter, "--hyperparameter").items()
+        },
+        channels=[parse_channel_flag(c) for c in args.channel],
+        environment=parse_pairs(args.env, "--env"),
         instance_count=args.instance_count,
+        source_dir=os.path.abspath(args.source_dir) if args.source_dir else None,
+        instance_type=args.instance_type,
         max_runtime=args.max_run,
         image=args.image,
         gpus=args.gpus,
@@ -139,10 +128,7 @@ def run(args: argparse.Namespace) -> int:
     stop: Stop = args.stop
     try:
         spec = _build_spec(args)
-        assert isinstance(spec, JobSpec)
-        job_dir = args.job_dir or os.path.join(
-            "smtk-jobs", f"{spec.job_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
+        job_dir = args.job_dir or default_job_dir(spec.job_name)
         return run_job(spec, job_dir, stop=stop, pipe_epochs=args.pipe_epochs).exit_status
     except Stopped as stopped:
         log.write("stderr", f"smtk local: {stopped}")

@@ -29,21 +29,11 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections.abc import Mapping, Sequence
-from typing import NoReturn
 
-from smtk.errors import ConfigError
 from smtk.local.metrics import parse_definitions
 from smtk.local.runner import LocalResult, run_job
-from smtk.local.spec import (
-    ChannelSpec,
-    JobSpec,
-    default_job_name,
-    load_spec,
-    resolve_location,
-    with_overrides,
-)
+from smtk.local.spec import ChannelSpec, JobSpec, default_job_dir, load_spec, merged, resolve_location
 from smtk.stop import Stop
 
 
@@ -71,31 +61,21 @@ def run(
     arguments override it, as ``smtk local``'s flags do. ``channels`` map a channel name
     to a local path, ``file://`` or ``s3://`` URI (File mode), or to a :class:`ChannelSpec`.
     """
-    base = load_spec(spec) if isinstance(spec, str) else spec
-    if base is None:
-        if not entry_point:
-            _refuse("entry_point", "a script to run (or spec=...)", None)
-        base = JobSpec(job_name=job_name or default_job_name(entry_point))
     cwd = os.getcwd()
-    named = {c.name: c for c in base.channels}
-    for name, source in (channels or {}).items():
-        named[name] = (
-            source if isinstance(source, ChannelSpec) else ChannelSpec(name, resolve_location(source, cwd))
-        )
-    if instance_count is not None and not 1 <= instance_count <= 64:
-        _refuse("instance_count", "an integer from 1 to 64", instance_count)
-    job = with_overrides(
-        base,
-        job_name=job_name,
+    job = merged(
+        load_spec(spec) if isinstance(spec, str) else spec,
+        caller="smtk.local.run",
+        names={"spec": "spec=...", "entry_point": "entry_point", "instance_count": "instance_count"},
         entry_point=entry_point,
-        source_dir=os.path.abspath(source_dir) if source_dir else None,
-        hyperparameters={
-            **base.hyperparameters,
-            **{k: json.dumps(v) for k, v in (hyperparameters or {}).items()},
-        },
-        channels=tuple(named.values()),
+        job_name=job_name,
+        hyperparameters={k: json.dumps(v) for k, v in (hyperparameters or {}).items()},
+        channels=[
+            source if isinstance(source, ChannelSpec) else ChannelSpec(name, resolve_location(source, cwd))
+            for name, source in (channels or {}).items()
+        ],
+        environment=environment or {},
         instance_count=instance_count,
-        environment={**base.environment, **(environment or {})},
+        source_dir=os.path.abspath(source_dir) if source_dir else None,
         output_path=resolve_location(output_path, cwd) if output_path else None,
         metric_definitions=(
             parse_definitions("metric_definitions", list(metric_definitions))
@@ -106,7 +86,7 @@ def run(
         image=image,
         checkpoint_s3=checkpoint_s3,
     )
-    where = job_dir or os.path.join("smtk-jobs", f"{job.job_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    where = job_dir or default_job_dir(job.job_name)
     own = None
     if stop is None and threading.current_thread() is threading.main_thread():
         own = stop = Stop().install()  # Ctrl-C reaches the job as a stop, for this run only
@@ -116,7 +96,3 @@ def run(
     finally:
         if own is not None:
             own.restore()
-
-
-def _refuse(argument: str, expected: str, found: object) -> NoReturn:
-    raise ConfigError("smtk.local.run", argument, expected, found)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import IO, cast
 from urllib.parse import urlparse
 
-from smtk.progress import Progress, human_size
+from smtk.progress import Progress
 from smtk.s3 import parse_s3_uri
 from smtk.s3.engine import Engine
 from smtk.s3.retry import Aborted, describe
@@ -74,12 +74,6 @@ class Artifact:
     size: int
     packed: int
     seconds: float
-
-    def describe(self) -> str:
-        return (
-            f"{self.name}: {self.files} files, {human_size(self.size)} -> {human_size(self.packed)} "
-            f"in {self.seconds:.1f} s at {self.location}"
-        )
 
 
 def destination(output_path: str, job_name: str) -> str:

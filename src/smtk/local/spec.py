@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -250,6 +251,51 @@ def default_job_name(entry_point: str | None) -> str:
     """A job name from the entry point's file name (``train_model.py`` -> ``train-model``)."""
     stem = os.path.splitext(os.path.basename(entry_point or "job"))[0]
     return (re.sub(r"[^A-Za-z0-9]+", "-", stem).strip("-") or "job")[:40]
+
+
+def merged(
+    base: JobSpec | None,
+    *,
+    caller: str,
+    names: Mapping[str, str],
+    entry_point: str | None,
+    job_name: str | None,
+    hyperparameters: Mapping[str, str],
+    channels: Sequence[ChannelSpec],
+    environment: Mapping[str, str],
+    instance_count: int | None,
+    **changes: Any,
+) -> JobSpec:
+    """``base`` (or a new job for ``entry_point``) with what ``smtk local``'s flags or
+    :func:`smtk.local.run`'s arguments give: hyperparameters, channels (by name) and
+    environment merged in, every other change replacing. ``caller`` and ``names`` (the
+    ``spec``, ``entry_point`` and ``instance_count`` arguments as the caller spells them)
+    name what is wrong in errors."""
+    if base is None:
+        if not entry_point:
+            raise ConfigError(
+                caller, names["entry_point"], f"a script to run (or {names['spec']})", "<nothing>"
+            )
+        base = JobSpec(job_name=job_name or default_job_name(entry_point))
+    if instance_count is not None and not 1 <= instance_count <= 64:
+        raise ConfigError(caller, names["instance_count"], "an integer from 1 to 64", instance_count)
+    by_name = {c.name: c for c in base.channels}
+    by_name.update({c.name: c for c in channels})
+    return with_overrides(
+        base,
+        job_name=job_name,
+        entry_point=entry_point,
+        hyperparameters={**base.hyperparameters, **hyperparameters},
+        channels=tuple(by_name.values()),
+        environment={**base.environment, **environment},
+        instance_count=instance_count,
+        **changes,
+    )
+
+
+def default_job_dir(job_name: str) -> str:
+    """``smtk-jobs/<job name>-<date>-<time>`` in the current directory."""
+    return os.path.join("smtk-jobs", f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def with_overrides(spec: JobSpec, **changes: Any) -> JobSpec:

@@ -394,17 +394,20 @@ class Engine:
         transfer.result()
 
     def complete(self, start: Callable[[], Transfer], cancelled: threading.Event | None = None) -> None:
-        """Start a transfer with ``start()`` and wait for it (as :meth:`wait`); if the
-        endpoint's answer does not suit the CRT client, start it once more on the classic one."""
+        """Start a transfer with ``start()`` and wait for it (as :meth:`wait`); while the
+        endpoint's answer does not suit the route it took, start it again on the next one
+        (at most twice: single CRT PUTs, then the classic client)."""
         transfer = start()
-        try:
-            self.wait(transfer, cancelled)
-        except Aborted:
-            raise
-        except Exception as exc:
-            if not self.fall_back(transfer, exc):
+        while True:
+            try:
+                self.wait(transfer, cancelled)
+                return
+            except Aborted:
                 raise
-            self.wait(start(), cancelled)
+            except Exception as exc:
+                if not self.fall_back(transfer, exc):
+                    raise
+            transfer = start()
 
     def fall_back(self, transfer: Transfer, error: BaseException) -> bool:
         """Whether ``transfer`` failed because the endpoint does not suit the CRT client; if

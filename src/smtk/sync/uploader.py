@@ -387,20 +387,21 @@ class Uploader:
             if flush is not None:
                 flush.advance(count)
 
-        def attempt() -> None:
+        started: list[Transfer] = []
+
+        def start() -> Transfer:
             transfer = self._engine.upload(path, target.bucket, object_key, size=size, progress=moved)
+            started.append(transfer)
             with self._cond:
-                self._transfers.add(transfer)
+                self._transfers.add(transfer)  # abort() cancels it at once
+            return transfer
+
+        def attempt() -> None:
             try:
-                self._engine.wait(transfer, self._abort)
-            except Exception as exc:
-                if self._engine.fall_back(transfer, exc):
-                    attempt()  # the same file, now on the classic client
-                    return
-                raise
+                self._engine.complete(start, self._abort)
             finally:
                 with self._cond:
-                    self._transfers.discard(transfer)
+                    self._transfers.difference_update(started)
 
         if progress is not None:
             progress.start()
