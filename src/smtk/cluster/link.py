@@ -6,7 +6,7 @@
     link.send({"ready": host})                            # queued until connected, in order
     link.close()                                          # half-close after what was sent
 
-Connecting retries with exponential backoff (50 ms doubling up to 1 s) until it works or
+Connecting retries with exponential backoff (20 ms, x1.5, up to 0.25 s) until it works or
 the link is closed; the hello line and whatever was queued go first, in order. Once
 connected, a thread reads the master's lines and hands each to
 :meth:`LinkEvents.on_master_message`; a connection that ends is
