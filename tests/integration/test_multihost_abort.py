@@ -103,3 +103,40 @@ def _wait_for_line(run: HostRun, text: str, timeout: float = HARNESS_TIMEOUT) ->
         assert run.exit_status is None, run.output
         assert time.monotonic() < deadline, run.output
         time.sleep(0.05)
+
+
+SAVE_ON_TERM = """
+import os, signal, sys, time
+import torch.distributed as dist
+
+def on_term(signum, frame):
+    # algo-1 saves quickly, algo-2 slowly: algo-2 is still saving when algo-1 reports "stopped"
+    time.sleep(0.2 if os.environ["SM_CURRENT_HOST"] == "algo-1" else 4.0)
+    print("saved", flush=True)
+    os._exit(0)
+
+signal.signal(signal.SIGTERM, on_term)
+dist.init_process_group("gloo")
+print("joined", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_stop_on_every_host_keeps_each_hosts_grace_period(tmp_path: Path) -> None:
+    # The platform (or scancel) stops every host at once. The first host to finish reports
+    # "stopped" on the channel; a host that is still in its grace period must not take that
+    # as a peer's failure and kill its ranks at once.
+    names = _hosts(2)
+    with cluster(tmp_path, names, hyperparameters=TORCHRUN, code={"train.py": SAVE_ON_TERM}) as hosts:
+        runs = {host: hosts.start(host, SETTINGS) for host in names}
+        _wait_for_line(runs["algo-1"], "algo-1:0 joined")
+        _wait_for_line(runs["algo-2"], "algo-2:1 joined")
+        for run in runs.values():
+            os.kill(run.proc.pid, signal.SIGTERM)
+        wait_all(runs, HARNESS_TIMEOUT)
+    for host, rank in (("algo-1", 0), ("algo-2", 1)):
+        run = runs[host]
+        assert f"{host}:{rank} saved" in run.output, run.output
+        assert run.exit_status == 128 + signal.SIGTERM, run.output
+        assert (run.failure() or "").startswith("Stopped"), run.failure()

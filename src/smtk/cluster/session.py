@@ -279,14 +279,16 @@ class Session:
                 self.cond.notify_all()
                 return
             self.first = failure
-            stopping = stop is not None and not self.settled.is_set()
+            # A host already stopping (its own stop: the platform's, scancel, a time limit)
+            # keeps its grace period: another request would read as "again: kill now".
+            stopping = stop is not None and stop.signum is None and not self.settled.is_set()
             if stop is not None and stopping:
                 logger.error(
                     "peer %s; stopping this host's run (SIGTERM, SIGKILL after %g s: SMTK_PEER_ABORT_GRACE)",
                     self._redact(failure.describe()),
                     self.grace,
                 )
-                self.stopped_us = stop.signum is None
+                self.stopped_us = True
                 # Requested before anyone sees ``first``: whoever reacts to it finds the stop.
                 stop.request(signal.SIGTERM, kill_after=(self.grace, "SMTK_PEER_ABORT_GRACE"))
             self.cond.notify_all()
