@@ -59,6 +59,10 @@ logger = logging.getLogger("smtk")
 STRAGGLER_GRACE = 5.0
 #: Seconds the pump may keep reading after a child exited (a pipe held by a stray process).
 DRAIN_SECONDS = 5.0
+#: Seconds after a stop in which the same signal again is the same stop, not an escalation:
+#: one stop often arrives from several senders at once (a scheduler such as Slurm signals
+#: every process of the job, the launcher signals its ranks, ``train`` its process group).
+DUPLICATE_WINDOW = 1.0
 #: The variable that marks a supervised child and everything it starts.
 MARK = SUPERVISED
 _PR_SET_CHILD_SUBREAPER = 36
@@ -310,6 +314,7 @@ class Supervisor:
         self._started = time.monotonic()
         self._forwarded = 0
         self._stopped_by: int | None = None
+        self._stopped_at = 0.0
         self._kill_at: float | None = None
         self._timed_out = False
         self._reaper: threading.Thread | None = None
@@ -432,6 +437,7 @@ class Supervisor:
                 running = [c for c in self.children.values() if c.running]
             if self._stopped_by is None:
                 self._stopped_by = signum
+                self._stopped_at = now
                 wait, setting = self.grace, self.grace_setting
                 if self.stop.kill_after is not None and self.stop.kill_after[0] < wait:
                     wait, setting = self.stop.kill_after
@@ -448,6 +454,8 @@ class Supervisor:
                     child.stopped_by = signum
                     child.timed_out = self._timed_out
                     child.signal(signum)
+            elif signum == self._stopped_by and now - self._stopped_at < DUPLICATE_WINDOW:
+                logger.info("received %s again from another sender: the same stop", signal_name(signum))
             elif signum == self._stopped_by:
                 if running:
                     logger.warning("received %s again: killing the job now", signal_name(signum))

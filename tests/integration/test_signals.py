@@ -181,3 +181,44 @@ def test_a_stop_that_kills_sooner_says_so_and_is_kept(
     assert result.signal == signal.SIGKILL
     assert result.seconds < 30
     assert "SIGKILL in 1 s if it has not exited (SMTK_PEER_ABORT_GRACE)" in smtk_log.text
+
+
+SLOW_SAVER = """
+import os, signal, sys, time
+def on_term(signum, frame):
+    time.sleep(1.5)  # saving a checkpoint
+    with open(os.path.join(os.environ["SM_MODEL_DIR"], "checkpoint.txt"), "w") as f:
+        f.write("saved")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize(
+    ("script", "second_after", "saved", "killed"),
+    [
+        # the same stop from two senders (a scheduler and a launcher) within the window
+        (SLOW_SAVER, 0.05, True, False),
+        (SLOW_SAVER, 0.5, True, False),
+        # a second SIGTERM later is an escalation: SIGKILL now, not after the 60 s grace period
+        (STUBBORN, 2.0, False, True),
+    ],
+)
+def test_a_second_sigterm_escalates_only_after_the_duplicate_window(
+    tmp_path: Path, script: str, second_after: float, saved: bool, killed: bool
+) -> None:
+    root = make_tree(tmp_path, code={"train.py": script})
+    proc = start_train(root, SMTK_GRACE_PERIOD="60")
+    wait_for_line(proc, "ready")
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(second_after)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 143
+    assert time.monotonic() - started < 30
+    assert (root / "model" / "checkpoint.txt").exists() == saved
+    first_line = (root / "output" / "failure").read_text().splitlines()[0]
+    assert ("killed with SIGKILL" in first_line) == killed, first_line

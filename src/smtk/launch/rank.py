@@ -270,7 +270,9 @@ def main(argv: Sequence[str] | None = None, stop: Stop | None = None) -> int:
         # This host's train passes it on to the master, which passes it on to every host.
         wire.send_report(failure.evolve(stderr_tail=failure.stderr_tail[-10:]), host, settings)
     if result.signal is not None:
-        signal.signal(result.signal, signal.SIG_DFL)
+        # End the way the rank ended. SIGKILL and SIGSTOP take no handler (EINVAL).
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(result.signal, signal.SIG_DFL)
         os.kill(os.getpid(), result.signal)
     return result.exit_status
 
