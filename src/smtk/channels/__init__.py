@@ -14,8 +14,9 @@
 
 Modules: :mod:`~smtk.channels.channel` (``Channel``), :mod:`~smtk.channels.pipe` (FIFO
 epochs), :mod:`~smtk.channels.records` (RecordIO, TFRecord, lines, manifests),
-:mod:`~smtk.channels.crc32c`, :mod:`~smtk.channels.torch` (``ChannelDataset``; imports
-torch only when used). User guide: ``docs/channels.md``.
+:mod:`~smtk.channels.recordio_protobuf` (RecordIO-protobuf to numpy/scipy and back;
+needs the ``protobuf`` extra), :mod:`~smtk.channels.crc32c`, :mod:`~smtk.channels.torch`
+(``ChannelDataset``; imports torch only when used). User guide: ``docs/channels.md``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Protocol
 
 from smtk.channels.channel import Channel, FileEpoch
 from smtk.channels.pipe import FifoTimeoutError, PipeEpoch
+from smtk.channels.recordio_protobuf import RecordBatch, read_protobuf, write_protobuf
 from smtk.channels.records import RecordError, open_records
 from smtk.config import ChannelConfig, read_input_data_config
 from smtk.errors import ChannelError
@@ -39,11 +41,14 @@ __all__ = [
     "FifoTimeoutError",
     "FileEpoch",
     "PipeEpoch",
+    "RecordBatch",
     "RecordError",
     "HasChannels",
     "UnknownChannelError",
     "get",
     "open_records",
+    "read_protobuf",
+    "write_protobuf",
 ]
 
 

@@ -28,6 +28,13 @@ call ``dataset.set_epoch(n)`` before each ``iter(loader)``, as with
 ``DistributedSampler``. In Pipe mode re-reading an epoch is an error (the FIFO is
 written once).
 
+RecordIO-protobuf (``format="recordio-protobuf"``, options ``batch_size``, ``sparse``,
+``feature_key``, ``label_key``): the RecordIO records are sharded as above, then each
+consumer decodes only its own (:mod:`smtk.channels.recordio_protobuf`). With
+``batch_size`` an item is a batch, ``(features, labels)`` tensors (``features`` alone
+without labels; sparse batches are ``torch.sparse_csr``), for ``DataLoader(batch_size=None)``;
+without it an item is one record (a row, and its label).
+
 Rank and world size come from ``torch.distributed`` when it is initialised, else from
 ``RANK``/``WORLD_SIZE`` (and ``LOCAL_RANK``/``LOCAL_WORLD_SIZE``, or Open MPI's
 ``OMPI_COMM_WORLD_*``).
@@ -45,6 +52,7 @@ Rank and world size come from ``torch.distributed`` when it is initialised, else
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,10 +61,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from smtk.channels import get
+from smtk.channels import get, recordio_protobuf
 from smtk.channels.channel import Channel
 from smtk.channels.records import open_records
 from smtk.errors import ChannelError
+
+PROTOBUF_FORMAT = "recordio-protobuf"
+_DECODE_OPTIONS = ("batch_size", "sparse", "feature_key", "label_key")
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,17 @@ class ChannelDataset(IterableDataset[Any]):
         self.transform = transform
         self.shard = shard
         self.reader_options = dict(reader_options)
+        #: ``recordio-protobuf``: the records are RecordIO payloads decoded after sharding (so
+        #: each consumer decodes only its own), with these options of ``decode_payloads``.
+        self.decode_options: dict[str, Any] | None = None
+        self._raw_format = format
+        if format == PROTOBUF_FORMAT:
+            for opened in self.channels:
+                recordio_protobuf.check_content_type(opened)
+            self.decode_options = {
+                k: self.reader_options.pop(k) for k in _DECODE_OPTIONS if k in self.reader_options
+            }
+            self._raw_format = "recordio"
         self.epoch_options = dict(epoch_options or {})
         #: The epoch the next ``iter()`` reads.
         self.next_epoch = start_epoch
@@ -156,6 +178,8 @@ class ChannelDataset(IterableDataset[Any]):
         self.epoch = number
         consumer = current_consumer()
         records = self._pipe(number, consumer) if self.is_pipe else self._files(number, consumer)
+        if self.decode_options is not None:
+            records = self._decoded(records, consumer)
         transform = self.transform
         return records if transform is None else map(transform, records)
 
@@ -175,7 +199,7 @@ class ChannelDataset(IterableDataset[Any]):
 
     def _read_files(self, paths: list[str]) -> Iterator[Any]:
         for path in paths:
-            with open_records(path, self.format, **self.reader_options) as reader:
+            with open_records(path, self._raw_format, **self.reader_options) as reader:
                 yield from reader
 
     # -- Pipe --------------------------------------------------------------------------
@@ -200,7 +224,63 @@ class ChannelDataset(IterableDataset[Any]):
 
     def _pipe_records(self, channel: Channel, number: int) -> Iterator[Any]:
         with channel.epoch(number, **self.epoch_options) as epoch:
-            yield from epoch.records(self.format, **self.reader_options)
+            yield from epoch.records(self._raw_format, **self.reader_options)
+
+    # -- RecordIO-protobuf -------------------------------------------------------------
+
+    def _decoded(self, payloads: Iterator[bytes], consumer: Consumer) -> Iterator[Any]:
+        """Batches as ``(features, labels)`` tensors (``features`` alone without labels), or
+        with ``batch_size=None`` one item per record."""
+        options = dict(self.decode_options or {})
+        batch_size = options.pop("batch_size", None)
+        names = ", ".join(repr(c.name) for c in self.channels)
+        source = f"channel {names} (the records of rank {consumer.rank}, worker {consumer.worker})"
+        batches = recordio_protobuf.decode_payloads(
+            payloads, source, batch_size or recordio_protobuf.DEFAULT_BATCH_SIZE, **options
+        )
+        for batch in batches:
+            labels = None if batch.labels is None else torch.from_numpy(batch.labels)
+            if batch_size is not None:
+                yield _item(_batch_tensors(batch.features), labels)
+            elif labels is None:
+                yield from _row_tensors(batch.features)
+            else:
+                yield from zip(_row_tensors(batch.features), labels, strict=True)
+
+
+def _batch_tensors(features: Any) -> Any:
+    """A batch's features as a tensor: dense ones share the array's memory; CSR rows become
+    a sparse CSR tensor."""
+    parts = recordio_protobuf.csr_parts(features)
+    if parts is None:
+        return torch.from_numpy(features)
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(parts.indptr.astype("int64")),
+        torch.from_numpy(parts.indices.astype("int64")),
+        torch.from_numpy(parts.data),
+        parts.shape,
+        check_invariants=False,  # the decoder has checked every key against the shape
+    )
+
+
+def _row_tensors(features: Any) -> Iterator[Any]:
+    """A batch's rows: views of the dense tensor, or 1-D sparse COO tensors."""
+    parts = recordio_protobuf.csr_parts(features)
+    if parts is None:
+        yield from torch.from_numpy(features)
+        return
+    data = torch.from_numpy(parts.data)
+    indices = torch.from_numpy(parts.indices.astype("int64"))
+    bounds = parts.indptr.tolist()
+    columns = parts.shape[1]
+    for start, end in itertools.pairwise(bounds):
+        yield torch.sparse_coo_tensor(
+            indices[start:end].unsqueeze(0), data[start:end], (columns,), check_invariants=False
+        )
+
+
+def _item(features: Any, labels: Any) -> Any:
+    return features if labels is None else (features, labels)
 
 
 def _every(records: Iterator[Any], index: int, count: int) -> Iterator[Any]:
