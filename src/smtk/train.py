@@ -38,7 +38,7 @@ from smtk.environment import Environment
 from smtk.errors import ConfigError, EntryPointError, SmtkError
 from smtk.failure import Failure, Outcome, Success
 from smtk.files import describe, read_regular
-from smtk.launch import limits, select, worker
+from smtk.launch import limits, select, servers, worker
 from smtk.launch import rank as rank_wrapper
 from smtk.launch.plan import LaunchPlan
 from smtk.paths import Paths
@@ -188,13 +188,30 @@ class Job:
         if plan.kind in ("torchrun", "mpi"):
             rank_wrapper.clear_failures(env.paths.root)
         error_file = plan.env.get("TORCHELASTIC_ERROR_FILE") if plan.kind in ("process", "function") else None
+        if error_file is not None:
+            # The file is this run's: one left by an earlier run of the same tree must not
+            # become this run's root cause.
+            _remove_stale(error_file)
         try:
-            result = supervisor.run(
-                plan,
-                stop=self.stop,
-                grace_period=env.settings.grace_period,
-                progress_interval=env.settings.progress_interval,
-            )
+            if plan.companions:  # TensorFlow parameter servers beside the script
+                result, early = servers.run(
+                    plan,
+                    stop=self.stop,
+                    grace_period=env.settings.grace_period,
+                    progress_interval=env.settings.progress_interval,
+                    host=self.host,
+                    code_dir=env.paths.code_dir,
+                    mask=log.masker().mask_argv,
+                )
+                if early is not None and result.stopped_by is None:
+                    return early.evolve(seconds=self.seconds())
+            else:
+                result = supervisor.run(
+                    plan,
+                    stop=self.stop,
+                    grace_period=env.settings.grace_period,
+                    progress_interval=env.settings.progress_interval,
+                )
         except OSError as exc:
             raise _start_error(exc, plan, entry) from None
         if result.stopped_by is not None:
@@ -359,6 +376,15 @@ def _prepare_tree(paths: Paths) -> None:
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise ConfigError("job tree", directory, "a writable directory", f"<{exc.strerror}>") from None
+
+
+def _remove_stale(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a directory or unwritable: causes reads only a regular file
+        logger.warning("cannot remove %s left by an earlier run: %s", path, exc.strerror or exc)
 
 
 def _start_error(exc: OSError, plan: LaunchPlan, entry: EntryPoint) -> SmtkError:

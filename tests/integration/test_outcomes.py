@@ -246,3 +246,25 @@ def test_a_program_given_as_an_argument_runs_nothing() -> None:
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == status and words in proc.stdout + proc.stderr
         assert not os.path.exists("/nonexistent/smtk")
+
+
+@pytest.mark.parametrize("entry", ["script", "function"])
+def test_an_error_file_left_by_an_earlier_run_is_not_this_runs_cause(tmp_path: Path, entry: str) -> None:
+    # The error file a script's @record leaves (TORCHELASTIC_ERROR_FILE) is per run: one
+    # from an earlier run of the same tree must not become this run's root cause.
+    code = {
+        "train.py": "import sys\nsys.exit(3)\n",
+        "trainer.py": "import sys\ndef main():\n    sys.exit(3)\n",
+    }
+    root = make_tree(tmp_path, code=code)
+    stale = root / ".smtk" / "error.json"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text(json.dumps({"message": "RuntimeError: raised by an earlier run"}))
+    extra = (
+        {"SAGEMAKER_PROGRAM": "train.py"}
+        if entry == "script"
+        else {"SAGEMAKER_TRAINING_MODULE": "trainer:main"}
+    )
+    proc = run_train(root, **extra)
+    text = check_invariants(root, proc, {3})
+    assert text is not None and "earlier run" not in text, text

@@ -17,6 +17,21 @@ LauncherKind = Literal["process", "torchrun", "mpi", "mpi-worker", "function"]
 
 
 @dataclass(frozen=True)
+class Companion:
+    """A server that runs beside the plan's command on this host (a TensorFlow parameter
+    server): started first, supervised with it (:mod:`smtk.launch.servers`), stopped after it."""
+
+    name: str
+    argv: tuple[str, ...]
+    #: Variables added to (or overriding) the inherited environment.
+    env: Mapping[str, str] = field(default_factory=dict)
+    log_prefix: str = ""
+    #: ``(address, port)``: once the command has ended, keep serving until nothing accepts
+    #: connections there any more (the master's worker); ``None``: stop with the command.
+    until_closed: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
 class LaunchPlan:
     """One command to run on this host, and how."""
 
@@ -36,6 +51,8 @@ class LaunchPlan:
     log_prefix: str = ""
     #: Human-readable notes for ``smtk plan`` (why this launcher, what was waited for).
     notes: tuple[str, ...] = ()
+    #: Servers started before the command and stopped after it (see :class:`Companion`).
+    companions: tuple[Companion, ...] = ()
 
     def display(self, mask: Callable[[Sequence[str]], Sequence[str]] | None = None) -> str:
         """The command as a shell-quoted string, for display only; ``mask`` hides secrets

@@ -20,13 +20,19 @@ none of them                                              plain process
 mean SMDDP (``smddprun`` under ``mpirun``) in the reference. smtk ships no SMDDP;
 scripts written for them use ``torch.distributed`` with the environment variables
 torchrun sets, so smtk runs them with torchrun.
+
+TensorFlow (:mod:`smtk.launch.tensorflow`), in the TensorFlow toolkit's order:
+``sagemaker_parameter_server_enabled`` with more than one distribution host comes
+first and ignores every flag above (the training script as a plain process, a parameter
+server beside it); otherwise ``sagemaker_multi_worker_mirrored_strategy_enabled`` adds
+``TF_CONFIG`` to whichever launcher the table chose.
 """
 
 from __future__ import annotations
 
 from smtk.entry_point import EntryPoint
 from smtk.environment import Environment
-from smtk.launch import mpi, plain, torchrun
+from smtk.launch import mpi, plain, tensorflow, torchrun
 from smtk.launch.distributed import flag
 from smtk.launch.plan import LaunchPlan
 
@@ -39,7 +45,7 @@ TORCHRUN_FLAGS = (
 
 def launcher_for(env: Environment) -> str:
     """``"mpi"``, ``"mpi-worker"``, ``"torchrun"`` or ``"process"`` for this host."""
-    if not env.distribution_enabled:
+    if not env.distribution_enabled or tensorflow.mode(env) == "ps":
         return "process"
     if flag(env, "sagemaker_mpi_enabled"):
         return "mpi" if env.is_master else "mpi-worker"
@@ -50,9 +56,14 @@ def launcher_for(env: Environment) -> str:
 
 def build_plan(env: Environment, entry: EntryPoint) -> LaunchPlan:
     """The plan for this host."""
-    launcher = launcher_for(env)
-    # The distributed builders (and the cluster code they use) are imported only when
-    # needed: a plain job's start-up does not pay for them.
+    tf_mode = tensorflow.mode(env)
+    if tf_mode == "ps":
+        return tensorflow.build_ps_plan(env, entry)
+    plan = _build(env, entry, launcher_for(env))
+    return tensorflow.with_tf_config(plan, env) if tf_mode == "mwms" else plan
+
+
+def _build(env: Environment, entry: EntryPoint, launcher: str) -> LaunchPlan:
     if launcher in ("mpi", "mpi-worker"):
         return mpi.build_master_plan(env, entry) if launcher == "mpi" else mpi.build_worker_plan(env)
     if launcher == "torchrun":
