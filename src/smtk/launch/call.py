@@ -6,7 +6,9 @@ forwarding, log streaming and failure report as a script. The function is called
 no arguments, and, as in the reference, what it returns is ignored: the job succeeds
 when the function returns, whatever the value. ``SystemExit`` passes through
 (``sys.exit(3)`` fails the job with status 3); any other exception prints its traceback
-and exits with status 1.
+and exits with status 1, or with its ``exit_status`` attribute when it has an integer
+one from 1 to 255 (the ``sagemaker_training`` compatibility layer's errors carry the
+user's script's status there).
 
 A module or function that does not exist is a configuration error, exit status 2, in
 both cases: a module the function's own code fails to import is the user code's
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 
 from smtk import log
 
@@ -49,7 +52,17 @@ def main(argv: list[str]) -> int:
             f"{function_name!r}",
         )
         return NOT_FOUND
-    function()  # the return value is ignored, as the reference does
+    try:
+        function()  # the return value is ignored, as the reference does
+    except Exception as exc:
+        # An exception that carries the job's exit status (the sagemaker_training
+        # compatibility layer's ExecuteUserScriptError: the user's script exited with N, or
+        # was stopped) ends the job with that status instead of Python's 1.
+        status = getattr(exc, "exit_status", None)
+        if type(status) is not int or not 0 < status < 256:
+            raise
+        log.write("stderr", traceback.format_exc().rstrip("\n"))
+        return status
     return 0
 
 
