@@ -75,10 +75,20 @@ def main(argv: Sequence[str] | None = None, stop: Stop | None = None) -> int:
 
 
 def train_main(argv: Sequence[str] | None = None, stop: Stop | None = None) -> int:
-    """``train``: run the job described by ``/opt/ml`` (or ``$SAGEMAKER_BASE_DIR``)."""
+    """``train``: run the job described by ``/opt/ml`` (or ``$SAGEMAKER_BASE_DIR``); under Slurm
+    or Kubernetes, the spec named by ``SMTK_JOB_SPEC`` (smtk.scheduler, docs/outside-sagemaker.md)."""
+    import os
+
+    from smtk.scheduler.platform import on_sagemaker
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if all(a == "train" for a in args) and not on_sagemaker(os.environ):
+        from smtk.scheduler.bootstrap import run_scheduled
+
+        return run_scheduled(args, stop or Stop().install())
     from smtk.train import main as run_train
 
-    return run_train(list(sys.argv[1:] if argv is None else argv), stop)
+    return run_train(args, stop)
 
 
 def _exit(status: int) -> None:

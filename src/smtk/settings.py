@@ -34,6 +34,8 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 IntermediateMode = Literal["auto", "on", "off"]
 WatchMode = Literal["auto", "inotify", "poll"]
 LocalHostsMode = Literal["auto", "netns", "loopback"]
+#: Where ``train`` runs (``SMTK_SCHEDULER``): ``auto`` detects it (see smtk.scheduler.detect).
+SCHEDULERS = ("auto", "sagemaker", "slurm", "kubernetes")
 
 
 # -- one value -------------------------------------------------------------------------------
@@ -131,6 +133,14 @@ def log_format_setting(environ: Mapping[str, str]) -> str:
     return "json" if raw is not None and raw.strip().lower() == "json" else "text"
 
 
+def scheduler_setting(environ: Mapping[str, str]) -> str:
+    """``SMTK_SCHEDULER``: ``auto`` (default), ``sagemaker``, ``slurm`` or ``kubernetes``.
+
+    Read on its own, before anything else, by ``train``'s detection of where it runs.
+    """
+    return choice(environ, "SMTK_SCHEDULER", SCHEDULERS, "auto")
+
+
 def is_set(environ: Mapping[str, str], name: str) -> bool:
     """Whether the user set ``name`` (to something not blank)."""
     return _raw(environ, name) is not None
@@ -157,6 +167,26 @@ def host_addresses(environ: Mapping[str, str]) -> Mapping[str, str]:
             raise ConfigError("SMTK_HOST_ADDRESSES", None, "comma-separated host=address pairs", text)
         result[host.strip()] = address.strip()
     return MappingProxyType(result)
+
+
+#: Most hosts a Kubernetes job may name through ``SMTK_HOST_COUNT`` (a typo guard: the
+#: host list becomes ``SM_HOSTS``, which every process of the job carries).
+MAX_HOST_COUNT = 10_000
+
+
+def host_count(environ: Mapping[str, str]) -> int | None:
+    """``SMTK_HOST_COUNT``: the hosts of a Kubernetes Indexed Job or JobSet job; ``None`` when unset."""
+    if not is_set(environ, "SMTK_HOST_COUNT"):
+        return None
+    value = integer(environ, "SMTK_HOST_COUNT", 1, minimum=1)
+    if value > MAX_HOST_COUNT:
+        raise ConfigError("SMTK_HOST_COUNT", None, f"an integer from 1 to {MAX_HOST_COUNT}", value)
+    return value
+
+
+def host_domain(environ: Mapping[str, str]) -> str:
+    """``SMTK_HOST_DOMAIN``: the DNS domain of a Kubernetes job's pod names; ``""`` for the default."""
+    return (environ.get("SMTK_HOST_DOMAIN") or "").strip().lower()
 
 
 # -- the snapshot ------------------------------------------------------------------------------
@@ -295,6 +325,9 @@ class Settings:
     #: ``SMTK_SSHD`` split like a shell would; empty: ``sshd`` from PATH.
     sshd: tuple[str, ...] = ()
     host_addresses: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: Hosts of a Kubernetes Indexed Job or JobSet job (``None``: unset), and their DNS domain.
+    host_count: int | None = None
+    host_domain: str = ""
     #: torchrun's ``--max-restarts`` (the ``smtk_max_restarts`` hyperparameter wins).
     max_restarts: int = 0
     peer_abort_grace: float = 10.0
@@ -310,6 +343,13 @@ class Settings:
     container_args: tuple[str, ...] = ()
     #: pip's cache mounted into --image containers ("" for none).
     local_pip_cache: str = "~/.cache/smtk/pip"
+    # outside SageMaker (docs/outside-sagemaker.md)
+    #: ``auto`` (detect), ``sagemaker``, ``slurm`` or ``kubernetes``.
+    scheduler: str = "auto"
+    #: The job spec file (CreateTrainingJob-shaped JSON, as ``smtk local`` reads) run under a scheduler.
+    job_spec: str = ""
+    #: Lay this host's tree out in ``<job_dir>/<host>`` ("": ``$SAGEMAKER_BASE_DIR`` or ``/opt/ml``).
+    job_dir: str = ""
     # what train tells the processes it starts (read back by smtk's own helpers)
     launcher: str = ""
     master_host: str = ""
@@ -334,6 +374,8 @@ class Settings:
             ssh_port=port(environ, "SMTK_SSH_PORT", 22),
             sshd=words(environ, "SMTK_SSHD"),
             host_addresses=host_addresses(environ),
+            host_count=host_count(environ),
+            host_domain=host_domain(environ),
             max_restarts=integer(environ, "SMTK_MAX_RESTARTS", 0),
             peer_abort_grace=number(environ, "SMTK_PEER_ABORT_GRACE", 10.0),
             outcome_linger=number(environ, "SMTK_OUTCOME_LINGER", 30.0),
@@ -347,6 +389,9 @@ class Settings:
             container_engine=(environ.get("SMTK_CONTAINER_ENGINE") or "").strip(),
             container_args=words(environ, "SMTK_CONTAINER_ARGS"),
             local_pip_cache=_pip_cache(environ.get("SMTK_LOCAL_PIP_CACHE")),
+            scheduler=scheduler_setting(environ),
+            job_spec=(environ.get("SMTK_JOB_SPEC") or "").strip(),
+            job_dir=(environ.get("SMTK_JOB_DIR") or "").strip(),
             launcher=(environ.get("SMTK_LAUNCHER") or "").strip(),
             master_host=(environ.get("SMTK_MASTER_HOST") or "").strip(),
         )

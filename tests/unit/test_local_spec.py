@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from smtk.errors import ConfigError
+from smtk.local.layout import lay_out
 from smtk.local.spec import encode_hyperparameter, load_spec, parse_channel_flag, parse_pairs
 
 
@@ -88,3 +89,33 @@ def test_spec_file_is_parsed_relative_to_itself(tmp_path: Path) -> None:
 def test_missing_spec_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"job\.json"):
         load_spec(str(tmp_path / "job.json"))
+
+
+@pytest.mark.parametrize(
+    ("submit", "container", "expected"),
+    [
+        ("s3://bucket/jobs/sourcedir.tar.gz", False, "s3://bucket/jobs/sourcedir.tar.gz"),
+        ("s3://bucket/jobs/sourcedir.tar.gz", True, "s3://bucket/jobs/sourcedir.tar.gz"),
+        ("src", False, "{base}/src"),
+        ("src", True, None),  # copied into the image's code dir instead
+    ],
+)
+def test_submit_directory_in_the_tree(
+    tmp_path: Path, submit: str, container: bool, expected: str | None
+) -> None:
+    # An S3 archive stays a URI (train fetches it on each host); a local directory is absolute.
+    path = tmp_path / "job.json"
+    path.write_text(
+        json.dumps(
+            {
+                "HyperParameters": {
+                    "sagemaker_program": '"train.py"',
+                    "sagemaker_submit_directory": json.dumps(submit),
+                }
+            }
+        )
+    )
+    (tree,) = lay_out(load_spec(str(path)), str(tmp_path / "run"), {}, container=container)
+    stored = json.loads(Path(tree.root, "input", "config", "hyperparameters.json").read_text())
+    value = stored.get("sagemaker_submit_directory")
+    assert (json.loads(value) if value else None) == (expected and expected.format(base=tmp_path))

@@ -97,6 +97,26 @@ def lay_out(
     return trees
 
 
+def lay_out_host(
+    spec: JobSpec,
+    root: str,
+    host: str,
+    hosts: list[str],
+    environ: Mapping[str, str],
+    *,
+    settings: S3Settings | None = None,
+    stop: Stop | None = None,
+    interface: str = "eth0",
+) -> HostTree:
+    """Write only ``host``'s tree at ``root`` (under a cluster scheduler every host writes its
+    own, :mod:`smtk.scheduler.bootstrap`); its ``s3://`` channels are downloaded, its
+    ``ShardedByS3Key`` share only."""
+    index = hosts.index(host)
+    fetch = _Fetch(environ, settings or S3Settings(), stop)
+    _write_tree(spec, root, host, index, hosts, environ, False, fetch, interface=interface)
+    return HostTree(host=host, root=root, index=index)
+
+
 def _write_tree(
     spec: JobSpec,
     root: str,
@@ -106,6 +126,8 @@ def _write_tree(
     environ: Mapping[str, str],
     container: bool,
     fetch: _Fetch,
+    *,
+    interface: str = "eth0",
 ) -> None:
     config_dir = os.path.join(root, "input", "config")
     for sub in ("input/config", "input/data", "code", "model", "output/data", "checkpoints"):
@@ -122,7 +144,7 @@ def _write_tree(
             "instance_groups": [
                 {"instance_group_name": GROUP, "instance_type": spec.instance_type, "hosts": hosts}
             ],
-            "network_interface_name": "eth0",
+            "network_interface_name": interface,
         },
     )
     if spec.checkpoint_s3 or spec.checkpoint_local:
@@ -152,7 +174,10 @@ def _hyperparameters(spec: JobSpec, environ: Mapping[str, str], container: bool)
     values = dict(spec.hyperparameters)
     if spec.entry_point:
         values["sagemaker_program"] = json.dumps(spec.entry_point)
-    if spec.source_dir and not container:
+    if spec.source_dir and spec.source_dir.startswith("s3://"):
+        # An archive in S3: train fetches it on each host (in an image too), as on the platform.
+        values["sagemaker_submit_directory"] = json.dumps(spec.source_dir)
+    elif spec.source_dir and not container:
         values["sagemaker_submit_directory"] = json.dumps(os.path.abspath(spec.source_dir))
     values.setdefault("sagemaker_job_name", json.dumps(spec.job_name))
     values.setdefault("sagemaker_container_log_level", "20")

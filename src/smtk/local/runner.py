@@ -303,7 +303,7 @@ def _run_in_containers(
     for channel in spec.channels:
         if channel.input_mode != "Pipe" and not channel.source.startswith("s3://"):
             mounts += ["-v", f"{channel.source}:/opt/ml/input/data/{channel.name}:ro"]
-    if spec.source_dir:
+    if spec.source_dir and not spec.source_dir.startswith("s3://"):  # S3 code: train fetches it
         shutil.copytree(spec.source_dir, os.path.join(tree.root, "code"), dirs_exist_ok=True, symlinks=True)
     status = run_in_container(
         spec.image or "",
