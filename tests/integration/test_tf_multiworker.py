@@ -145,3 +145,37 @@ def test_parameter_servers_two_hosts(tmp_path: Path) -> None:
     # algo-2's server outlived its own worker until the master's worker was done
     assert "the other worker has ended" in runs["algo-1"].output
     assert "algo-1:2222 closed: stopping the parameter server" in runs["algo-2"].output
+
+
+MWMS_BROKEN_WORKER = r"""
+import json, os, sys
+import tensorflow as tf
+
+index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+if index == 1:
+    raise ValueError("worker 1 cannot read its shard")
+with strategy.scope():
+    total = tf.Variable(0.0, aggregation=tf.VariableAggregation.SUM)
+
+@tf.function
+def step():
+    return strategy.run(lambda: total.assign_add(1.0))
+
+step()  # waits for worker 1 for ever: only the other host's failure ends it
+print("unreachable", flush=True)
+"""
+
+
+def test_mwms_a_failing_worker_stops_the_other_host_with_its_root_cause(tmp_path: Path) -> None:
+    hosts = ["algo-1", "algo-2"]
+    code = {"train.py": MWMS_BROKEN_WORKER}
+    with cluster(tmp_path, hosts, hyperparameters=HPS, code=code) as spaces:
+        runs = spaces.run({**SETTINGS, "SMTK_PEER_ABORT_GRACE": "5"}, timeout=240)
+    for host in hosts:
+        run = runs[host]
+        assert run.exit_status not in (0, None), run.output[-4000:]
+        failure = run.failure() or ""
+        assert failure.startswith("ValueError: worker 1 cannot read its shard"), (host, failure)
+        assert "where: host algo-2," in failure, (host, failure)
+    assert "unreachable" not in runs["algo-1"].output

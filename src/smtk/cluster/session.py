@@ -59,6 +59,7 @@ from smtk.cluster.link import MasterLink
 from smtk.environment import Environment
 from smtk.errors import ClusterError
 from smtk.failure import Failure, Outcome, root_cause
+from smtk.launch import tensorflow
 from smtk.launch.select import launcher_for
 from smtk.redact import Masker
 from smtk.stop import Stop, Stopped
@@ -76,12 +77,18 @@ DISTRIBUTED = ("torchrun", "mpi", "mpi-worker")
 
 
 def join(env: Environment, stop: Stop | None, masker: Masker | Sequence[str]) -> Session | None:
-    """Open this host's end of the channel; ``None`` unless a multi-host torchrun/MPI job.
+    """Open this host's end of the channel; ``None`` unless a multi-host torchrun, MPI or
+    TensorFlow multi-worker job.
 
-    The caller (``train``) owns the session: it hands it to what needs it and closes it.
+    TensorFlow jobs run a plain process per host, but their hosts depend on each other
+    (a worker whose peer died waits in its collectives for ever), so a host's failure
+    must stop the others as in any distributed job. The caller (``train``) owns the
+    session: it hands it to what needs it and closes it.
     """
     hosts = list(env.distribution_hosts)
-    if len(hosts) <= 1 or env.current_host not in hosts or launcher_for(env) not in DISTRIBUTED:
+    if len(hosts) <= 1 or env.current_host not in hosts:
+        return None
+    if launcher_for(env) not in DISTRIBUTED and tensorflow.mode(env) is None:
         return None
     return Session(env, stop, masker, hosts)
 
