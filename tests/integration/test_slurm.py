@@ -422,3 +422,39 @@ def test_a_node_that_fails_before_its_job_starts_stops_the_others(slurm: Cluster
         failure = (tmp_path / "jobs" / host / "output" / "failure").read_text()
         assert "channel 'train'" in failure.splitlines()[0], (host, failure)
         assert _failure(tmp_path, host)["host"] == "algo-2", host
+
+
+def test_a_node_without_the_spec_stops_the_others_with_its_cause(slurm: Cluster, tmp_path: Path) -> None:
+    """The spec on a node-local disk that one node lacks: that node cannot read the job at
+    all (no tree, no launcher known), and still tells the other, which stops at once."""
+    tmp_path.chmod(0o755)
+    local = tmp_path / "node-local"
+    local.mkdir()
+    inside = ["nsenter", "-t", str(slurm.slurmd["algo-1"]), "--mount", "--"]
+    subprocess.run([*inside, "mount", "-t", "tmpfs", "tmpfs", str(local)], check=True, timeout=10)
+    try:
+        spec = _spec(tmp_path, ALLREDUCE, {})
+        document = json.loads(spec.read_text())  # paths made absolute: the spec moves
+        document["HyperParameters"]["sagemaker_submit_directory"] = str(tmp_path / "code")
+        document["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = str(tmp_path / "data")
+        spec.write_text(json.dumps(document))
+        subprocess.run([*inside, "cp", str(spec), str(local / "job.json")], check=True, timeout=10)
+        started = time.monotonic()
+        proc = subprocess.run(
+            slurm.client(_srun(tmp_path, "nospec")),
+            env=_job_env(slurm, tmp_path, local / "job.json"),
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+        took = time.monotonic() - started
+    finally:
+        subprocess.run([*inside, "umount", str(local)], check=False, timeout=10)
+    assert proc.returncode == 2, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert took < 50, f"algo-1 waited for algo-2 ({took:.0f} s): its failure did not reach it"
+    for host in HOSTS:
+        failure = (tmp_path / "jobs" / host / "output" / "failure").read_text()
+        first = failure.splitlines()[0]
+        assert first.startswith("ConfigError: job.json: expected the file to exist"), (host, failure)
+        assert _failure(tmp_path, host)["host"] == "algo-2", host

@@ -30,26 +30,28 @@ flow (:func:`smtk.train.main`) unchanged::
 
 A failure before ``train`` starts (no spec, a bad spec, a channel that cannot be placed)
 is reported like any other: ``output/failure`` in this host's tree (or where the tree
-would be) and exit status 2; once the tree's configuration is written, the failure also
-reaches the other hosts of a torchrun or MPI job through the status channel, so they
-stop instead of waiting for this host (before that, they give up on it after
-``SMTK_READY_TIMEOUT``).
+would be) and exit status 2. It also reaches the other hosts of a torchrun, MPI or
+TensorFlow job through the status channel, so they stop instead of waiting for this host:
+from the tree's configuration once it is written, else from a configuration of its own
+(the placement's hosts, and the spec's launcher flags when it was read).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 
 from smtk import failure, hardware, log, report
 from smtk import train as train_flow
-from smtk.cluster.session import join
+from smtk.cluster.session import Session, join
 from smtk.config import load_json_object
 from smtk.environment import Environment
 from smtk.errors import ConfigError, SmtkError
@@ -86,6 +88,8 @@ def run_scheduled(argv: Sequence[str], stop: Stop) -> int:
     stop.phase = "reading the job spec"
     paths = Paths.from_environ(environ)  # where a failure goes until the tree is known
     host: str | None = None
+    placed: Placement | None = None
+    spec: JobSpec | None = None
     try:
         placed = detect.placement(scheduler, environ)
         host = placed.current_host
@@ -121,13 +125,15 @@ def run_scheduled(argv: Sequence[str], stop: Stop) -> int:
         )
         stop.check()
     except Stopped as stopped:
-        return _failed(paths, failure.from_stop(stopped, host=host, seconds=time.monotonic() - started), stop)
+        found = failure.from_stop(stopped, host=host, seconds=time.monotonic() - started)
+        return _failed(paths, found, stop, placed, spec)
     except SmtkError as exc:
         logger.error("%s", exc)
-        return _failed(paths, failure.from_error(exc, host=host, seconds=time.monotonic() - started), stop)
+        found = failure.from_error(exc, host=host, seconds=time.monotonic() - started)
+        return _failed(paths, found, stop, placed, spec)
     except Exception as exc:  # our bug: reported with its traceback, never a bare one
         logger.exception("internal error while laying out the job tree")
-        return _failed(paths, failure.from_internal_error(exc, host=host), stop)
+        return _failed(paths, failure.from_internal_error(exc, host=host), stop, placed, spec)
     _check_gpus(placed)
     feeders = _start_feeders(spec, placed, paths.root)
     timer = _runtime_limit(spec, stop)
@@ -314,22 +320,51 @@ def _runtime_limit(spec: JobSpec, stop: Stop) -> threading.Timer | None:
     return timer
 
 
-def _failed(paths: Paths, found: Failure, stop: Stop) -> int:
-    """Report a failure before ``train`` ran: here, and to the other hosts when the tree's
-    configuration is already written (so they stop instead of waiting for this host)."""
+def _failed(paths: Paths, found: Failure, stop: Stop, placed: Placement | None, spec: JobSpec | None) -> int:
+    """Report a failure before ``train`` ran: here, and to the other hosts (so they stop
+    instead of waiting for this host until ``SMTK_READY_TIMEOUT``)."""
     outcome: Failure = found
-    if os.path.exists(paths.resource_config_file):
-        try:
-            env = Environment(paths.root)
-            session = join(env, stop, log.masker())
-        except Exception as exc:  # the report below must still be written
-            logger.warning("could not tell the other hosts about this failure: %s", exc)
-        else:
-            if session is not None:
-                settled = session.settle(found)
-                outcome = settled if isinstance(settled, Failure) else found
-                session.close()
+    try:
+        if os.path.exists(paths.resource_config_file):
+            outcome = _announce(Environment(paths.root), found, stop, whatever_the_launcher=False)
+        elif placed is not None and len(placed.hosts) > 1:
+            # This host's tree is not configured (no spec, a bad one, a tree that is not
+            # smtk's): announce from a configuration of its own, which names the hosts and,
+            # when the spec was read, its launcher flags. Without a spec the launcher is not
+            # known, so the announcement is made whatever it is (bounded by
+            # SMTK_OUTCOME_LINGER when nobody listens).
+            with tempfile.TemporaryDirectory(prefix="smtk-announce-") as root:
+                _configure(root, placed, spec)
+                outcome = _announce(Environment(root), found, stop, whatever_the_launcher=spec is None)
+    except Exception as exc:  # the report below must still be written
+        logger.warning("could not tell the other hosts about this failure: %s", exc)
     return report.finish(paths, outcome, log.masker())
+
+
+def _configure(root: str, placed: Placement, spec: JobSpec | None) -> None:
+    """The least of a tree that :class:`Environment` and the status channel need."""
+    config = os.path.join(root, "input", "config")
+    os.makedirs(config)
+    documents = {
+        "resourceconfig.json": {"current_host": placed.current_host, "hosts": list(placed.hosts)},
+        "hyperparameters.json": dict(spec.hyperparameters) if spec is not None else {},
+    }
+    for name, document in documents.items():
+        with open(os.path.join(config, name), "w", encoding="utf-8") as handle:
+            json.dump(document, handle)
+
+
+def _announce(env: Environment, found: Failure, stop: Stop, *, whatever_the_launcher: bool) -> Failure:
+    """Settle ``found`` on the job's status channel; the failure to report."""
+    masker = log.masker()
+    session = join(env, stop, masker)
+    if session is None and whatever_the_launcher:
+        session = Session(env, stop, masker, list(env.hosts))
+    if session is None:
+        return found
+    settled = session.settle(found)
+    session.close()
+    return settled if isinstance(settled, Failure) else found
 
 
 def _store(spec: JobSpec, paths: Paths, status: int, stop: Stop, host: str) -> int:
