@@ -28,7 +28,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -389,72 +389,72 @@ def test_scancel_reaches_the_user_code_as_a_stop(slurm: Cluster, tmp_path: Path,
         assert record["exit_status"] == 128 + signal.SIGTERM, record
 
 
-def test_a_node_that_fails_before_its_job_starts_stops_the_others(slurm: Cluster, tmp_path: Path) -> None:
-    """Data on a node-local disk that one node lacks: that node fails while laying out its
-    tree, and the other stops at once (not after SMTK_READY_TIMEOUT) with that cause."""
+def _run_with_node_local(
+    slurm: Cluster, tmp_path: Path, name: str, place: Callable[[Path, list[str]], Path]
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run a 2-node job whose spec ``place(local, inside)`` returns, where ``local`` is a
+    tmpfs seen only by algo-1's tasks (its slurmd's mount namespace) and ``inside`` runs a
+    command there; returns the run and how long it took."""
     tmp_path.chmod(0o755)
     local = tmp_path / "node-local"
     local.mkdir()
-    # A tmpfs seen only by algo-1's tasks (its slurmd's mount namespace), holding the data.
     inside = ["nsenter", "-t", str(slurm.slurmd["algo-1"]), "--mount", "--"]
     subprocess.run([*inside, "mount", "-t", "tmpfs", "tmpfs", str(local)], check=True, timeout=10)
     try:
-        subprocess.run([*inside, "sh", "-c", f"mkdir {local}/data && echo 1 > {local}/data/a"], check=True)
-        spec = _spec(tmp_path, ALLREDUCE, {})
-        document = json.loads(spec.read_text())
-        document["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = str(local / "data")
-        spec.write_text(json.dumps(document))
+        spec = place(local, inside)
         started = time.monotonic()
         proc = subprocess.run(
-            slurm.client(_srun(tmp_path, "nodelocal")),
+            slurm.client(_srun(tmp_path, name)),
             env=_job_env(slurm, tmp_path, spec),
             capture_output=True,
             text=True,
             timeout=240,
             check=False,
         )
-        took = time.monotonic() - started
+        return proc, time.monotonic() - started
     finally:
         subprocess.run([*inside, "umount", str(local)], check=False, timeout=10)
+
+
+def _stopped_at_once_by_algo_2(
+    tmp_path: Path, proc: subprocess.CompletedProcess[str], took: float, first_line: str
+) -> None:
     assert proc.returncode == 2, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert took < 50, f"algo-1 waited for algo-2 ({took:.0f} s): its failure did not reach it"
     for host in HOSTS:
         failure = (tmp_path / "jobs" / host / "output" / "failure").read_text()
-        assert "channel 'train'" in failure.splitlines()[0], (host, failure)
+        assert failure.splitlines()[0].startswith(first_line), (host, failure)
         assert _failure(tmp_path, host)["host"] == "algo-2", host
+
+
+def test_a_node_that_fails_before_its_job_starts_stops_the_others(slurm: Cluster, tmp_path: Path) -> None:
+    """Data on a node-local disk that one node lacks: that node fails while laying out its
+    tree, and the other stops at once (not after SMTK_READY_TIMEOUT) with that cause."""
+
+    def place(local: Path, inside: list[str]) -> Path:
+        subprocess.run([*inside, "sh", "-c", f"mkdir {local}/data && echo 1 > {local}/data/a"], check=True)
+        spec = _spec(tmp_path, ALLREDUCE, {})
+        document = json.loads(spec.read_text())
+        document["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = str(local / "data")
+        spec.write_text(json.dumps(document))
+        return spec
+
+    proc, took = _run_with_node_local(slurm, tmp_path, "nodelocal", place)
+    _stopped_at_once_by_algo_2(tmp_path, proc, took, "ConfigError: channel 'train'")
 
 
 def test_a_node_without_the_spec_stops_the_others_with_its_cause(slurm: Cluster, tmp_path: Path) -> None:
     """The spec on a node-local disk that one node lacks: that node cannot read the job at
     all (no tree, no launcher known), and still tells the other, which stops at once."""
-    tmp_path.chmod(0o755)
-    local = tmp_path / "node-local"
-    local.mkdir()
-    inside = ["nsenter", "-t", str(slurm.slurmd["algo-1"]), "--mount", "--"]
-    subprocess.run([*inside, "mount", "-t", "tmpfs", "tmpfs", str(local)], check=True, timeout=10)
-    try:
+
+    def place(local: Path, inside: list[str]) -> Path:
         spec = _spec(tmp_path, ALLREDUCE, {})
         document = json.loads(spec.read_text())  # paths made absolute: the spec moves
         document["HyperParameters"]["sagemaker_submit_directory"] = str(tmp_path / "code")
         document["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = str(tmp_path / "data")
         spec.write_text(json.dumps(document))
         subprocess.run([*inside, "cp", str(spec), str(local / "job.json")], check=True, timeout=10)
-        started = time.monotonic()
-        proc = subprocess.run(
-            slurm.client(_srun(tmp_path, "nospec")),
-            env=_job_env(slurm, tmp_path, local / "job.json"),
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-        )
-        took = time.monotonic() - started
-    finally:
-        subprocess.run([*inside, "umount", str(local)], check=False, timeout=10)
-    assert proc.returncode == 2, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert took < 50, f"algo-1 waited for algo-2 ({took:.0f} s): its failure did not reach it"
-    for host in HOSTS:
-        failure = (tmp_path / "jobs" / host / "output" / "failure").read_text()
-        first = failure.splitlines()[0]
-        assert first.startswith("ConfigError: job.json: expected the file to exist"), (host, failure)
-        assert _failure(tmp_path, host)["host"] == "algo-2", host
+        return local / "job.json"
+
+    proc, took = _run_with_node_local(slurm, tmp_path, "nospec", place)
+    _stopped_at_once_by_algo_2(tmp_path, proc, took, "ConfigError: job.json: expected the file to exist")
