@@ -129,28 +129,7 @@ class Cluster:
 
     def start(self, host: str, extra: Mapping[str, str] | None = None, argv: Sequence[str] = ()) -> HostRun:
         command = list(argv) or [os.path.join(VENV_BIN, "train")]
-        proc = self.spaces.popen(
-            host,
-            command,
-            env=self.environ(extra),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        run = HostRun(host, proc, self.roots[host])
-        started = time.monotonic()
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                run.lines.append(raw.decode(errors="replace").rstrip("\n"))
-            run.exit_status = proc.wait()
-            run.seconds = time.monotonic() - started
-
-        thread = threading.Thread(target=pump, daemon=True)
-        thread.start()
-        run._thread = thread  # type: ignore[attr-defined]
-        return run
+        return start_on(self.spaces, host, command, self.environ(extra), self.roots[host])
 
     def run(
         self,
@@ -162,6 +141,34 @@ class Cluster:
         """Start ``train`` on ``hosts`` (default all) at once and wait for every one."""
         runs = {host: self.start(host, extra) for host in (hosts or self.hosts)}
         return wait_all(runs, timeout)
+
+
+def start_on(
+    spaces: netns.Namespaces, host: str, argv: Sequence[str], env: Mapping[str, str], root: Path
+) -> HostRun:
+    """Start ``argv`` on ``host`` and follow its output (wait for it with :func:`wait_all`)."""
+    proc = spaces.popen(
+        host,
+        list(argv),
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    run = HostRun(host, proc, root)
+    started = time.monotonic()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            run.lines.append(raw.decode(errors="replace").rstrip("\n"))
+        run.exit_status = proc.wait()
+        run.seconds = time.monotonic() - started
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    run._thread = thread  # type: ignore[attr-defined]
+    return run
 
 
 def wait_all(runs: dict[str, HostRun], timeout: float) -> dict[str, HostRun]:

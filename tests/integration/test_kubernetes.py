@@ -16,16 +16,15 @@ import contextlib
 import json
 import os
 import subprocess
-import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from smtk.local import netns
 from tests.helpers.jobtree import clean_env
-from tests.helpers.netns import VENV_BIN, require_netns
+from tests.helpers.netns import VENV_BIN, HostRun, require_netns, start_on, wait_all
+from tests.integration.test_multihost import TORCH_CRASH
 from tests.unit.test_kubernetes import Pod, indexed_pod, jobset_pod, pytorchjob_pod, trainer_pod
 
 TRAIN = os.path.join(VENV_BIN, "train")
@@ -45,15 +44,6 @@ print(f"allreduce ok rank={rank} world={world} host={hosts[rank]} job={os.enviro
 dist.destroy_process_group()
 """
 
-TORCH_CRASH = """
-import torch, torch.distributed as dist
-dist.init_process_group("gloo")
-if dist.get_rank() == 1:
-    raise ValueError("rank one is broken")
-dist.all_reduce(torch.tensor([1.0]))
-dist.destroy_process_group()
-"""
-
 PLAIN = """
 import json, os, socket
 hosts = json.loads(os.environ["SM_HOSTS"])
@@ -62,18 +52,6 @@ print(f"plain ok hosts={','.join(hosts)} current={os.environ['SM_CURRENT_HOST']}
 
 TORCHRUN = {"sagemaker_program": "train.py", "sagemaker_torch_distributed_enabled": "true"}
 PLAIN_JOB = {"sagemaker_program": "train.py"}
-
-
-@dataclass
-class PodRun:
-    hostname: str
-    proc: subprocess.Popen[bytes]
-    lines: list[str] = field(default_factory=list)
-    exit_status: int | None = None
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
 
 
 def _spec(tmp_path: Path, hyperparameters: Mapping[str, str], code: str, count: int) -> Path:
@@ -127,11 +105,10 @@ def run_job(
     code: str,
     extra: Mapping[str, str] | None = None,
     timeout: float = 240.0,
-) -> dict[str, PodRun]:
+) -> dict[str, HostRun]:
     """``train`` in every pod at once; returns when every one ended."""
     spec = _spec(tmp_path, hyperparameters, code, len(job))
-    runs: dict[str, PodRun] = {}
-    threads: list[threading.Thread] = []
+    runs: dict[str, HostRun] = {}
     with pods(tmp_path, job, domain) as spaces:
         for operator_env, hostname in job:
             env = clean_env(
@@ -146,40 +123,18 @@ def run_job(
                     **(extra or {}),
                 },
             )
-            proc = spaces.popen(
-                hostname, [TRAIN], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            run = PodRun(hostname, proc)
-            runs[hostname] = run
-            thread = threading.Thread(target=_pump, args=(run,), daemon=True)
-            thread.start()
-            threads.append(thread)
-        for thread in threads:
-            thread.join(timeout)
-        if any(thread.is_alive() for thread in threads):
-            for run in runs.values():
-                with contextlib.suppress(OSError):
-                    run.proc.kill()
-            outputs = "\n\n".join(f"== {r.hostname}\n{r.output[-3000:]}" for r in runs.values())
-            raise AssertionError(f"the job did not finish within {timeout:g} s\n{outputs}")
+            runs[hostname] = start_on(spaces, hostname, [TRAIN], env, _tree(tmp_path, hostname))
+        wait_all(runs, timeout)
     return runs
-
-
-def _pump(run: PodRun) -> None:
-    assert run.proc.stdout is not None
-    for raw in run.proc.stdout:
-        run.lines.append(raw.decode(errors="replace").rstrip("\n"))
-    run.exit_status = run.proc.wait()
 
 
 def _tree(tmp_path: Path, host: str) -> Path:
     return tmp_path / "jobs" / host
 
 
-def _ok(tmp_path: Path, runs: dict[str, PodRun], hosts: list[str]) -> None:
+def _ok(tmp_path: Path, runs: dict[str, HostRun], hosts: list[str]) -> None:
     for run, host in zip(runs.values(), hosts, strict=True):
-        assert run.exit_status == 0, f"{run.hostname} failed:\n{run.output[-4000:]}"
+        assert run.exit_status == 0, f"{run.host} failed:\n{run.output[-4000:]}"
         assert (_tree(tmp_path, host) / "output" / "success").exists()
 
 
