@@ -5,12 +5,15 @@ that takes longer logs a line every ``SMTK_TRANSFER_PROGRESS_SECONDS`` (5 s)::
 
     checkpoints: 3 of 8 files, 768.0 MiB of 2.0 GiB (37%), 181.2 MiB/s, ~7 s left
 
-Counting is cheap and thread-safe (transfer callbacks call :meth:`Progress.advance`
-from the client's threads); a daemon thread writes the lines, so no transfer waits on
-logging. Totals may grow while the transfer runs (a listing still paging in): the line
-then says ``so far``. The rate is the average over the last few intervals, so a stall
-shows within a few lines (the CRT client counts a large object part by part, 8 MiB at
-a time).
+Counting is cheap and thread-safe (transfer callbacks call :meth:`Progress.advance` from
+the client's threads); a daemon thread writes the lines, so no transfer waits on
+logging. The bytes a line shows never go down and never pass a final total: a client
+that retries a part first takes back what it had counted of it (s3transfer calls back
+with a negative count when it rewinds a body or restarts a download), then counts it
+again, so the lines show the most ever counted, at most the total. Totals may grow while
+the transfer runs (a listing still paging in): the line then says ``so far``. The rate
+is the average over the last few intervals, so a stall shows within a few lines (the CRT
+client counts a large object part by part, 8 MiB at a time).
 
 ::
 
@@ -70,6 +73,8 @@ class Progress:
         self._final_totals = True
         self._files_done = 0
         self._bytes_done = 0
+        #: The most ``_bytes_done`` has been: what the lines show (it never goes down).
+        self._bytes_peak = 0
         self._started = time.monotonic()
         self._samples: deque[tuple[float, int]] = deque(maxlen=_RATE_SAMPLES + 1)
         self._finished = threading.Event()
@@ -85,25 +90,18 @@ class Progress:
             self._final_totals = final
 
     def advance(self, size: int) -> None:
-        """``size`` more bytes moved (may be called for every chunk)."""
+        """``size`` more bytes moved (may be called for every chunk); negative when the
+        client takes back bytes it will send again."""
         with self._lock:
             self._bytes_done += size
+            self._bytes_peak = max(self._bytes_peak, self._bytes_done)
 
     def file_done(self, unreported: int = 0) -> None:
         """One more file finished; ``unreported`` bytes of it were not passed to :meth:`advance`."""
         with self._lock:
             self._files_done += 1
             self._bytes_done += unreported
-
-    @property
-    def bytes_done(self) -> int:
-        with self._lock:
-            return self._bytes_done
-
-    @property
-    def files_done(self) -> int:
-        with self._lock:
-            return self._files_done
+            self._bytes_peak = max(self._bytes_peak, self._bytes_done)
 
     # -- reporting --------------------------------------------------------------------
 
@@ -112,9 +110,9 @@ class Progress:
         now = time.monotonic() if now is None else now
         with self._lock:
             files_done, files_total = self._files_done, self._files_total
-            done, total, final = self._bytes_done, self._bytes_total, self._final_totals
+            done, total, final = self._bytes_peak, self._bytes_total, self._final_totals
             samples = list(self._samples)
-        # Callbacks may count a retried part twice: never show more than the total.
+        # A retried part may be counted twice: never show more than the total.
         done = min(done, total) if total and final else done
         parts = [f"{files_done} of {files_total} files" if files_total else f"{files_done} files"]
         if total:
@@ -144,7 +142,7 @@ class Progress:
         now = time.monotonic()
         message = self.line(now)
         with self._lock:
-            self._samples.append((now, self._bytes_done))
+            self._samples.append((now, self._bytes_peak))
         self._logger.log(self._level, "%s", message)
 
     # -- the ticker ---------------------------------------------------------------------
@@ -154,7 +152,7 @@ class Progress:
         self._started = time.monotonic()
         with self._lock:
             self._samples.clear()
-            self._samples.append((self._started, self._bytes_done))
+            self._samples.append((self._started, self._bytes_peak))
         self._thread = threading.Thread(target=self._tick, name=f"smtk-progress-{self.label}", daemon=True)
         self._thread.start()
         return self

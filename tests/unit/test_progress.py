@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smtk.progress import Progress, human_seconds, human_size
 
@@ -92,6 +94,52 @@ def test_bytes_counted_twice_never_show_more_than_the_total() -> None:
     progress.advance(800)
     progress.advance(800)  # a retried part
     assert "1000 B of 1000 B (100%)" in progress.line(time.monotonic() + 1)
+
+
+@pytest.mark.parametrize(
+    ("advances", "shown"),
+    [
+        # s3transfer rewinds a part's body before resending it: a negative count.
+        ([600, -200, 200, 400], ["600 B", "600 B", "600 B", "1000 B"]),
+        # A restarted download takes back everything, then counts it again.
+        ([900, -900, 500, 500], ["900 B", "900 B", "900 B", "1000 B"]),
+        # Counted twice (a retried part), then taken back: it stays at the total.
+        ([800, 800, -600], ["800 B", "1000 B", "1000 B"]),
+    ],
+)
+def test_bytes_shown_never_go_down(advances: list[int], shown: list[str]) -> None:
+    progress = Progress("code", logging.getLogger("test.progress"), interval=5)
+    progress.expect(files=1, size=1000)
+    progress.start()
+    seen = []
+    for count in advances:
+        progress.advance(count)
+        seen.append(progress.line(time.monotonic() + 1).split(", ")[1].split(" of ")[0])
+    progress.finish()
+    assert seen == shown
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 5_000), st.integers(0, 5_000), st.booleans()), min_size=1, max_size=40
+    )
+)
+def test_percentages_only_grow_and_stop_at_100(steps: list[tuple[int, int, bool]]) -> None:
+    """Any mix of progress, take-backs (never more than was counted) and lines."""
+    progress = Progress("sync", logging.getLogger("test.progress"), interval=5)
+    progress.expect(files=1, size=20_000)
+    net, percents = 0, []
+    for forward, back, show in steps:
+        progress.advance(forward)
+        net += forward
+        taken = min(back, net)
+        progress.advance(-taken)
+        net -= taken
+        if show:
+            line = progress.line(time.monotonic() + 1)
+            percents.append(int(line.split("(")[1].split("%")[0]))
+            assert "-" not in line, line  # no negative size, rate or time left
+    assert percents == sorted(percents) and all(0 <= p <= 100 for p in percents), percents
 
 
 def test_nothing_is_logged_when_the_transfer_ends_within_the_interval(lines: Lines) -> None:
