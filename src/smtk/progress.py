@@ -13,7 +13,7 @@ with a negative count when it rewinds a body or restarts a download), then count
 again, so the lines show the most ever counted, at most the total. Totals may grow while
 the transfer runs (a listing still paging in): the line then says ``so far``. The rate
 is the average over the last few intervals, so a stall shows within a few lines (the CRT
-client counts a large object part by part, 8 MiB at a time).
+client counts a large object part by part, 16 MiB at a time).
 
 ::
 

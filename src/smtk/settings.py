@@ -215,7 +215,7 @@ class SyncSettings:
     #: Interval of the periodic scan in polling mode.
     poll_seconds: float = 2.0
     #: Files at least this large are uploaded in parts (multipart upload).
-    multipart_threshold: int = 8 * 1024 * 1024
+    multipart_threshold: int = 16 * 1024 * 1024
     #: Default bound of the final flush when the caller gives none.
     flush_seconds: float = 60.0
     #: Whether failed or abandoned uploads should fail the job.
@@ -233,7 +233,7 @@ class SyncSettings:
             retry_seconds=number(environ, "SMTK_SYNC_RETRY_SECONDS", 900, minimum=0),
             mode=cast(WatchMode, choice(environ, "SMTK_SYNC_MODE", ("auto", "inotify", "poll"), "auto")),
             poll_seconds=number(environ, "SMTK_SYNC_POLL_SECONDS", 2, minimum=0.05),
-            multipart_threshold=integer(environ, "SMTK_SYNC_MULTIPART_MB", 8, minimum=5) * 1024 * 1024,
+            multipart_threshold=integer(environ, "SMTK_SYNC_MULTIPART_MB", 16, minimum=5) * 1024 * 1024,
             flush_seconds=number(environ, "SMTK_SYNC_FLUSH_SECONDS", 60, minimum=0),
             strict=flag(environ, "SMTK_SYNC_STRICT", default=False),
         )

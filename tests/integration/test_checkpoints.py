@@ -52,7 +52,7 @@ def test_checkpoints_sync_during_training_and_restore_on_a_second_run(
     (local1 / "epoch-1").mkdir(parents=True, exist_ok=True)
     (local1 / "epoch-1" / "model.pt").write_bytes(os.urandom(300_000))
     assert wait_until(lambda: object_exists(s3_server, bucket, prefix + "epoch-1/model.pt"))
-    (local1 / "epoch-1" / "optimizer.pt").write_bytes(os.urandom(12 * 1024 * 1024))  # multipart
+    (local1 / "epoch-1" / "optimizer.pt").write_bytes(os.urandom(20 * 1024 * 1024))  # in parts
     tmp = local1 / "latest.json.tmp"
     tmp.write_text('{"epoch": 1}')
     os.rename(tmp, local1 / "latest.json")

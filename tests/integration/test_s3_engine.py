@@ -22,7 +22,7 @@ import boto3
 import pytest
 
 from smtk.s3.batch import Wanted, download_many, download_prefix, list_objects
-from smtk.s3.engine import Engine, _bypassed, _proxy_for
+from smtk.s3.engine import MULTIPART_THRESHOLD, PART_SIZE, Engine, _bypassed, _proxy_for
 from smtk.s3.retry import Aborted, RetryPolicy
 from smtk.settings import S3Settings, SyncSettings
 from smtk.stop import Stop
@@ -188,7 +188,8 @@ def test_an_endpoint_that_refuses_crt_multipart_gets_single_crt_puts(
         b"InitiateMultipartUploadResult", b"InitiateMultipartUpload"
     )
     bucket = s3_server.new_bucket()
-    files = {"big-1.bin": os.urandom(12 * MiB), "big-2.bin": os.urandom(10 * MiB), "small.txt": b"small"}
+    big = {"big-1.bin": MULTIPART_THRESHOLD + 4 * MiB, "big-2.bin": MULTIPART_THRESHOLD + 2 * MiB}  # in parts
+    files = {**{rel: os.urandom(size) for rel, size in big.items()}, "small.txt": b"small"}
     write_tree(tmp_path, files)
     engine = engine_for(proxy.endpoint, "auto")
     routes = []
@@ -350,14 +351,14 @@ def test_https_with_aws_ca_bundle(
     secure = S3Proxy(s3_server.port, tls=context)
     monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
     bucket = s3_server.new_bucket()
-    files = {"a.txt": b"over TLS", "b/c.bin": os.urandom(9 * MiB)}
+    files = {"a.txt": b"over TLS", "b/c.bin": os.urandom(PART_SIZE + MiB)}  # in parts
     write_tree(tmp_path / "up", files)
     engine = engine_for(secure.endpoint, client)
     try:
         assert engine.kind == client
         for rel, data in files.items():
             engine.wait(engine.upload(str(tmp_path / "up" / rel), bucket, rel, size=len(data)))
-        engine.wait(engine.download(bucket, "b/c.bin", str(tmp_path / "c.bin"), size=9 * MiB))
+        engine.wait(engine.download(bucket, "b/c.bin", str(tmp_path / "c.bin"), size=PART_SIZE + MiB))
     finally:
         engine.close()
         secure.stop()
@@ -422,7 +423,7 @@ def test_prefix_download_counts_failures_and_keeps_the_rest(
 ) -> None:
     bucket = s3_server.new_bucket()
     objects = {f"train/{i:03d}.rec": f"record {i}".encode() * (i + 1) for i in range(120)}
-    objects["train/sub/dir/large.bin"] = os.urandom(10 * MiB)
+    objects["train/sub/dir/large.bin"] = os.urandom(PART_SIZE + 2 * MiB)  # in parts
     objects["train/exact"] = b"a key that is also a prefix of nothing"
     s3 = s3_server.client()
     for key, data in objects.items():

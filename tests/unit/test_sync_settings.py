@@ -31,13 +31,13 @@ def test_values_are_read() -> None:
             "SMTK_SYNC_WORKERS": "3",
             "SMTK_SYNC_DEBOUNCE_MS": "0",
             "SMTK_SYNC_MODE": "poll",
-            "SMTK_SYNC_MULTIPART_MB": "16",
+            "SMTK_SYNC_MULTIPART_MB": "32",
             "SMTK_SYNC_STRICT": "1",
         }
     )
     assert settings.intermediate == "on" and settings.checkpoints and settings.strict
     assert settings.workers == 3 and settings.debounce_seconds == 0 and settings.mode == "poll"
-    assert settings.multipart_threshold == 16 * 1024 * 1024
+    assert settings.multipart_threshold == 32 * 1024 * 1024
 
 
 @pytest.mark.parametrize(
