@@ -237,7 +237,11 @@ def failed_on_its_own(result: supervisor.ProcessResult, failure: Failure) -> boo
 def announce(failure: Failure, host: str, base: str, settings: Settings) -> None:
     """Make a rank's failure known: one ``smtk: rank failed`` line for the log, a record in
     ``<base>/.smtk/ranks/<rank>.json``, and a report to this host's ``train`` (which passes
-    it on, through the master, to every host)."""
+    it on, through the master, to every host). Once per rank and run: a toolkit inside the
+    rank may have announced it already (its record exists; ``train`` clears the records
+    before each launch), and the wrapper then says nothing more."""
+    if os.path.exists(os.path.join(base, RANKS_DIR, f"{failure.rank}.json")):
+        return
     log.write("stderr", f"{host}:{failure.rank} smtk: rank failed: {failure.describe()}")
     record_failure(base, failure)
     wire.send_report(failure.evolve(stderr_tail=failure.stderr_tail[-10:]), host, settings)
